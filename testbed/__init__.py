@@ -1,0 +1,3 @@
+"""testbed: hand-written backprop, checked against PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,28 @@
+"""The affine layer, as a forward/backward pair (cs231n style).
+
+Shapes: x (..., N, D_in), weight (..., D_out, D_in), bias (..., D_out)
+-> out (..., N, D_out). Leading axes, when present, index independent
+replicas that share nothing (batched matrix products).
+"""
+
+from __future__ import annotations
+
+from testbed.engine.backend import namespace
+
+
+def linear_forward(x, weight, bias):
+    """s = x W^T + b. Returns (s, cache)."""
+    return namespace(x).linear(x, weight, bias), (x, weight)
+
+
+def linear_backward(ds, cache, need_input_grad: bool = True):
+    """Given dL/ds, return (dL/dx, dL/dW, dL/db).
+
+    dL/dx = ds W;  dL/dW = ds^T x;  dL/db = sum over the N rows of ds.
+    dL/dx is skipped (None) when not needed, as for the first layer.
+    """
+    x, weight = cache
+    grad_input = ds @ weight if need_input_grad else None
+    grad_weight = ds.mT @ x
+    grad_bias = namespace(ds).sum(ds, axis=-2)
+    return grad_input, grad_weight, grad_bias

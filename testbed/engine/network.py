@@ -1,0 +1,134 @@
+"""The multilayer perceptron: forward, backward, and what diagnostics read.
+
+Layers are numbered l = 1..L, L = depth + 1, layer 1 next to the input:
+
+    s^l = a^{l-1} W^l^T + b^l,   a^l = phi(s^l) (l < L),   output = s^L,
+
+with a^0 = x. Backward runs the chain rule from dL/ds^L down to dL/dx and
+keeps every dL/ds^l (the quantity whose growth or decay *is* the vanishing
+or exploding gradient; Glorot & Bengio 2010, eq. 14) and dL/dx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from testbed.engine.activations import get_activation
+from testbed.engine.backend import Backend
+from testbed.engine.init import init_bias, init_weight
+from testbed.engine.layers import linear_backward, linear_forward
+from testbed.engine.losses import get_loss
+
+
+@dataclass
+class MLPSpec:
+    """Everything that defines a network, shared by the engine and the torch reference."""
+
+    in_features: int
+    out_features: int
+    depth: int = 2  # hidden layers; depth 0 is a linear model
+    width: int = 64
+    activation: str = "tanh"
+    activation_params: dict = field(default_factory=dict)
+    init: str = "xavier_uniform"
+    init_scale: float = 1.0
+    init_params: dict = field(default_factory=dict)
+    bias_init: str = "zeros"
+    bias_std: float = 0.0
+    loss: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        for key in ("in_features", "out_features", "width"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0 (0 is a linear model), got {self.depth}")
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [self.in_features] + [self.width] * self.depth + [self.out_features]
+
+    @property
+    def num_layers(self) -> int:
+        return self.depth + 1
+
+    def param_keys(self) -> list[str]:
+        return [f"{kind}{layer}" for layer in range(1, self.num_layers + 1) for kind in "Wb"]
+
+
+def init_params(spec: MLPSpec, seed: int) -> dict[str, np.ndarray]:
+    """Initial parameters as float64 numpy arrays {W1, b1, ..., WL, bL}; W^l is (fan_out, fan_in)."""
+    rng = np.random.default_rng(seed)
+    sizes = spec.layer_sizes
+    params = {}
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"W{layer}"] = init_weight(spec.init, rng, fan_out, fan_in, spec.init_scale,
+                                          **spec.init_params)
+        params[f"b{layer}"] = init_bias(spec.bias_init, rng, fan_out, fan_in, spec.bias_std)
+    return params
+
+
+class MLP:
+    """A hand-written MLP. ``params`` and ``grads`` are dicts with the same keys (cs231n)."""
+
+    def __init__(self, spec: MLPSpec, params: dict):
+        self.spec = spec
+        self.params = params
+        self.activation = get_activation(spec.activation, **spec.activation_params)
+        self.loss_fn = get_loss(spec.loss)
+        self.grads: dict = {}
+        self.pre_activations: list = []       # s^1..s^L from the last forward
+        self.activations: list = []           # a^1..a^{L-1}
+        self.pre_activation_grads: list = []  # dL/ds^1..dL/ds^L from the last backward
+        self.input_grad = None                # dL/dx
+        self._caches: list = []
+
+    @classmethod
+    def create(cls, spec: MLPSpec, seed: int = 0, backend: Backend | None = None) -> MLP:
+        backend = backend or Backend()
+        params = {k: backend.asarray(v) for k, v in init_params(spec, seed).items()}
+        return cls(spec, params)
+
+    def forward(self, x):
+        """x (..., N, in_features) -> output (..., N, out_features); keeps the caches."""
+        self._caches, self.pre_activations, self.activations = [], [], []
+        a = x
+        for layer in range(1, self.spec.num_layers + 1):
+            s, linear_cache = linear_forward(a, self.params[f"W{layer}"], self.params[f"b{layer}"])
+            self.pre_activations.append(s)
+            if layer == self.spec.num_layers:
+                self._caches.append((linear_cache, None))
+                return s
+            a, activation_cache = self.activation.forward(s)
+            self.activations.append(a)
+            self._caches.append((linear_cache, activation_cache))
+
+    def backward(self, grad_output, input_grad: bool = False):
+        """From dL/d(output), fill ``grads`` and ``pre_activation_grads``; return dL/dx if asked."""
+        self.grads, pre_activation_grads = {}, []
+        ds = grad_output
+        for layer in range(self.spec.num_layers, 0, -1):
+            linear_cache, activation_cache = self._caches[layer - 1]
+            if layer < self.spec.num_layers:
+                ds = self.activation.backward(da, activation_cache)
+            pre_activation_grads.append(ds)
+            need_input_grad = layer > 1 or input_grad
+            da, self.grads[f"W{layer}"], self.grads[f"b{layer}"] = linear_backward(
+                ds, linear_cache, need_input_grad)
+        self.pre_activation_grads = pre_activation_grads[::-1]
+        self.grads = {k: self.grads[k] for k in self.spec.param_keys()}
+        self.input_grad = da
+        return da
+
+    def loss_and_grads(self, x, target, input_grad: bool = False):
+        """One forward and backward pass: returns (loss, grads)."""
+        output = self.forward(x)
+        loss, loss_cache = self.loss_fn.forward(output, target)
+        self.backward(self.loss_fn.backward(loss_cache), input_grad=input_grad)
+        return loss, self.grads
+
+    def loss(self, x, target):
+        """The loss alone (no backward)."""
+        return self.loss_fn.forward(self.forward(x), target)[0]

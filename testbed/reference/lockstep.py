@@ -1,0 +1,95 @@
+"""Train the engine and the torch reference side by side, step for step.
+
+Both start from the same initial parameters and see the same minibatches;
+after every step the discrepancy is measured: loss difference, relative
+gradient error and relative parameter drift per parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer, init_params
+from testbed.engine.backend import to_numpy
+from testbed.reference.model import (
+    build_torch_loss,
+    build_torch_mlp,
+    build_torch_optimizer,
+    torch_named_params,
+)
+
+TINY = 1e-30
+
+
+def relative_error(a, b) -> float:
+    """||a - b|| / max(||b||, tiny), computed in float64."""
+    a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), TINY))
+
+
+@dataclass
+class StepComparison:
+    loss_manual: float
+    loss_torch: float
+    grad_rel_err: dict[str, float]
+    param_rel_err: dict[str, float]
+
+    @property
+    def loss_abs_diff(self) -> float:
+        return abs(self.loss_manual - self.loss_torch)
+
+    @property
+    def grad_max_rel_err(self) -> float:
+        return max(self.grad_rel_err.values())
+
+    @property
+    def param_max_rel_err(self) -> float:
+        return max(self.param_rel_err.values())
+
+
+class Lockstep:
+    """The engine (on ``backend``) and torch (same device and dtype) trained in lockstep."""
+
+    def __init__(self, spec: MLPSpec, seed: int, backend: Backend, optimizer: str = "sgd",
+                 clip_norm: float | None = None, **hyper):
+        self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
+        initial = init_params(spec, seed)
+        self.manual = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
+        self.manual_optimizer = get_optimizer(optimizer, **hyper)
+        device = backend.device if backend.name == "torch" else "cpu"
+        self.torch_model = build_torch_mlp(spec, initial, device=device, dtype=backend.dtype)
+        self.torch_params = torch_named_params(self.torch_model)
+        self.torch_loss = build_torch_loss(spec.loss)
+        self.torch_optimizer = build_torch_optimizer(optimizer, self.torch_model.parameters(),
+                                                     **hyper)
+        self.device = device
+
+    def _torch_inputs(self, x, y):
+        dtype = self.torch_model[0].weight.dtype
+        x = torch.as_tensor(to_numpy(x)).to(self.device, dtype)
+        y = torch.as_tensor(to_numpy(y)).to(self.device)
+        return x, (y.long() if self.spec.loss == "cross_entropy" else y.to(dtype))
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> StepComparison:
+        """One optimiser step of both on the minibatch (x, y); returns the discrepancy."""
+        xm = self.backend.asarray(x)
+        ym = self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
+        loss_manual, grads = self.manual.loss_and_grads(xm, ym)
+        if self.clip_norm is not None:
+            clip_grad_norm(grads, self.clip_norm)
+
+        xt, yt = self._torch_inputs(x, y)
+        self.torch_optimizer.zero_grad(set_to_none=True)
+        loss_torch = self.torch_loss(self.torch_model(xt), yt)
+        loss_torch.backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.torch_model.parameters(), self.clip_norm)
+        grad_err = {k: relative_error(grads[k], p.grad) for k, p in self.torch_params.items()}
+
+        self.manual_optimizer.step(self.manual.params, grads)
+        self.torch_optimizer.step()
+        param_err = {k: relative_error(self.manual.params[k], p) for k, p in self.torch_params.items()}
+        return StepComparison(float(loss_manual), loss_torch.item(), grad_err, param_err)
