@@ -57,7 +57,10 @@ def _kaiming_std(fan_out, fan_in, mode, nonlinearity):
 
 
 def kaiming_normal(rng, fan_out, fan_in, mode: str = "fan_in", nonlinearity: str = "relu"):
-    """He et al. 2015: std = gain / sqrt(fan), gain sqrt(2) for relu (Var[y_l] = 1/2 n Var[w] Var[y_{l-1}])."""
+    """He et al. 2015: std = gain / sqrt(fan), gain sqrt(2) for relu.
+
+    From Var[y_l] = 1/2 n_l Var[w_l] Var[y_{l-1}]: n_l Var[w_l] = 2 keeps the variance constant.
+    """
     return normal(rng, fan_out, fan_in, std=_kaiming_std(fan_out, fan_in, mode, nonlinearity))
 
 
@@ -107,7 +110,8 @@ def init_weight(name: str, rng: np.random.Generator, fan_out: int, fan_in: int,
 
 def init_bias(name: str, rng: np.random.Generator, fan_out: int, fan_in: int,
               std: float = 0.0) -> np.ndarray:
-    """A (fan_out,) bias: ``zeros``, ``normal`` (std), or ``standard`` U[-1/sqrt(fan_in), +] (torch's default)."""
+    """A (fan_out,) bias: ``zeros``, ``normal`` (std), or ``standard``
+    U[-1/sqrt(fan_in), +1/sqrt(fan_in)] (torch's default bias init)."""
     if name == "zeros":
         return np.zeros(fan_out)
     if name == "normal":

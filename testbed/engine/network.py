@@ -63,7 +63,7 @@ def init_params(spec: MLPSpec, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     sizes = spec.layer_sizes
     params = {}
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         params[f"W{layer}"] = init_weight(spec.init, rng, fan_out, fan_in, spec.init_scale,
                                           **spec.init_params)
         params[f"b{layer}"] = init_bias(spec.bias_init, rng, fan_out, fan_in, spec.bias_std)
@@ -108,10 +108,12 @@ class MLP:
     def backward(self, grad_output, input_grad: bool = False):
         """From dL/d(output), fill ``grads`` and ``pre_activation_grads``; return dL/dx if asked."""
         self.grads, pre_activation_grads = {}, []
-        ds = grad_output
+        da = None  # dL/da^l, the gradient arriving at layer l's output
         for layer in range(self.spec.num_layers, 0, -1):
             linear_cache, activation_cache = self._caches[layer - 1]
-            if layer < self.spec.num_layers:
+            if layer == self.spec.num_layers:
+                ds = grad_output
+            else:
                 ds = self.activation.backward(da, activation_cache)
             pre_activation_grads.append(ds)
             need_input_grad = layer > 1 or input_grad

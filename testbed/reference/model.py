@@ -39,7 +39,7 @@ def build_torch_mlp(spec: MLPSpec, params: dict[str, np.ndarray], device: str = 
     """An nn.Sequential of Linear and activation modules holding exactly ``params``."""
     layers: list[nn.Module] = []
     sizes = spec.layer_sizes
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         # created in the target dtype: a float32 detour would round float64 weights
         linear = nn.Linear(fan_in, fan_out, device=device, dtype=torch_dtype(dtype))
         with torch.no_grad():

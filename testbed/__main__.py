@@ -1,0 +1,3 @@
+from testbed.app.main import main
+
+main()

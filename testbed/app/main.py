@@ -1,0 +1,106 @@
+"""``python -m testbed`` / ``testbed``: the Hydra app.
+
+    python -m testbed                                   # side by side on digits
+    python -m testbed -m model.depth=2,5,10 seed=0,1    # a sweep
+    python -m testbed +experiment=vanishing -m          # a preset
+
+The command line is checked first (``preflight``): a bad key or value stops
+with one line and exit code 2 before any run folder is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from testbed.app.preflight import CONFIG_DIR, preflight
+from testbed.app.run import train, write_summary
+from testbed.app.schema import ConfigError, register_configs
+from testbed.data import DataError
+from testbed.tracking.wandb_logger import open_logger
+
+log = logging.getLogger("testbed")
+register_configs()
+
+
+def _logger_for(cfg: DictConfig, run_dir: Path):
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep_name = Path(hc.sweep.dir).name if multirun else None
+    group = cfg.logger.group or (f"{cfg.name}/{sweep_name}" if multirun else cfg.name)
+    job_name = hc.job.override_dirname or cfg.name
+    if multirun:
+        job_name = f"{hc.job.num}:{job_name}"
+    tags = list(cfg.logger.tags) + [str(cfg.engine.name), str(cfg.model.activation), str(cfg.optim.name),
+                                    str(cfg.data.name)]
+    return open_logger(str(cfg.logger.name), run_dir=run_dir,
+                       config=OmegaConf.to_container(cfg, resolve=True),
+                       project=cfg.logger.project, group=group, job_type=str(cfg.engine.name),
+                       name=job_name, tags=tags, mode=str(cfg.logger.mode), entity=cfg.logger.entity,
+                       init_timeout=cfg.logger.init_timeout)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def app(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    summary: dict = {"status": "failed"}
+    logger = _logger_for(cfg, run_dir) if cfg.logger.name != "none" else open_logger("none")
+    try:
+        summary = train(cfg, run_dir, logger)
+    except (ConfigError, DataError) as error:
+        summary = {"status": "failed", "error": str(error)}
+        if not multirun:
+            print(f"testbed: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    except Exception as error:
+        summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        if not multirun:
+            raise
+        log.exception("run failed; the sweep goes on")
+    finally:
+        logger.finish(summary, exit_code=0 if summary["status"] != "failed" else 1)
+        write_summary(run_dir, summary)
+    where = getattr(logger, "where", None)
+    log.info("%s in %.1f s: outputs in %s%s", summary["status"], summary.get("wall_s", 0.0), run_dir,
+             f"; W&B run in {where} (upload: wandb sync {where})" if where else "")
+    return summary
+
+
+TAKES_VALUE = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg", "-c",
+               "--package", "-p", "--experimental-rerun")
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    """The key=value arguments of a Hydra command line (flags and their values dropped)."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in TAKES_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def main() -> None:
+    overrides = _overrides(sys.argv[1:])
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info")
+               for a in sys.argv[1:]):
+        try:
+            preflight(overrides)
+        except ConfigError as error:
+            print(f"testbed: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Check a command line before any work: every configuration it would run must compose,
+match the schema, and hold possible values. Errors are one line naming the key and what
+is allowed; nothing is written.
+
+Sweeps are checked value by value (each swept value once, with the fixed overrides), which
+catches every per-key error without composing the whole product.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from testbed.app.schema import Config, ConfigError, register_configs, validate
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _allowed_options(message: str) -> list[str]:
+    """The 'Available options' Hydra lists for a config group, without our schema entries."""
+    block = message.split("Available options in", 1)[-1].split("Config search path", 1)[0]
+    return [line.strip() for line in block.splitlines()[1:]
+            if line.strip() and not line.strip().endswith("_schema")]
+
+
+def explain(error: BaseException, override: str | None = None) -> str:
+    """A one-line message for a Hydra/OmegaConf composition error."""
+    chain, e = [], error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        key = getattr(e, "full_key", None)
+        text = str(e).split("\n")[0]
+        if key and "not in" in text:
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            return f"unknown key '{key}'; allowed keys{' under ' + parent if parent else ''}: " + ", ".join(
+                schema_keys(parent))
+        if key and text.startswith("Invalid value"):
+            value = text.split("'")[1]
+            allowed = text.split("expected one of", 1)[1].strip(" []")
+            return f"{key}='{value}' is not allowed; allowed: {allowed}"
+        if key and "could not be converted to" in text:
+            value = text.split("'")[1]
+            kind = text.rsplit(" ", 1)[-1].lower()
+            return f"{key}='{value}' is not allowed; {key} must be of type {kind}"
+    message = str(error)
+    missing = re.search(r"Could not find '([^']+)'", message)
+    if missing:
+        group, _, option = missing.group(1).rpartition("/")
+        options = _allowed_options(message)
+        allowed = f"; allowed: {', '.join(options)}" if options else ""
+        return f"{group}={option} is not a known {group} config{allowed}"
+    return _one_line(message)
+
+
+def schema_keys(path: str) -> list[str]:
+    node: Any = Config
+    for part in filter(None, path.split(".")):
+        node = {f.name: f for f in fields(node)}[part].default_factory
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _unknown_keys(cfg: DictConfig, node: Any = Config, prefix: str = "") -> list[str]:
+    """Keys present in ``cfg`` that the schema does not have (a `+key=` under a typed node)."""
+    known = {f.name: f for f in fields(node)}
+    unknown = []
+    for key in cfg:
+        if key not in known:
+            unknown.append(f"{prefix}{key}")
+            continue
+        factory = known[key].default_factory
+        if is_dataclass(factory) and isinstance(cfg[key], DictConfig):
+            unknown += _unknown_keys(cfg[key], factory, f"{prefix}{key}.")
+    return unknown
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Schema extras, impossible values, and inputs that must exist (data path)."""
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    for key in _unknown_keys(plain):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        raise ConfigError(f"unknown key '{key}'; allowed keys{' under ' + parent if parent else ''}: "
+                          + ", ".join(schema_keys(parent)))
+    validate(cfg)
+    if str(cfg.data.name) == "idx" and not Path(cfg.data.path).exists():
+        raise ConfigError(f"data.path='{cfg.data.path}' does not exist; data.path must be the folder "
+                          "holding the IDX files")
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """The fixed overrides, then the fixed overrides plus each swept value alone."""
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as error:  # a syntax error in an override
+        raise ConfigError(_one_line(str(error))) from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    variants = [fixed]
+    for override in parsed:
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            variants += [fixed + [f"{key}={value}"] for value in override.sweep_string_iterator()]
+    return variants
+
+
+def preflight(overrides: list[str]) -> int:
+    """Compose and check every configuration the command line names; returns how many."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    checked = 0
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        queue = _expand(overrides)
+        seen_sweeper = False
+        while queue:
+            variant = queue.pop(0)
+            try:
+                cfg = compose("config", overrides=variant, return_hydra_config=True)
+            except ConfigError:
+                raise
+            except Exception as error:
+                raise ConfigError(explain(error)) from None
+            try:
+                check_config(cfg)
+            except ConfigError:
+                raise
+            except Exception as error:
+                raise ConfigError(explain(error)) from None
+            checked += 1
+            # sweeps that an experiment preset declares in hydra.sweeper.params
+            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+            if not seen_sweeper and params:
+                seen_sweeper = True
+                command_keys = {o.split("=", 1)[0].lstrip("+~") for o in variant}
+                declared = [f"{k}={v}" for k, v in params.items() if k not in command_keys]
+                queue += [variant + extra for extra in _expand(declared)]
+    GlobalHydra.instance().clear()
+    return checked

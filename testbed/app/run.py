@@ -1,0 +1,206 @@
+"""One training run: data, model, trainers, the loop, diagnostics, outputs.
+
+The loop takes ``steps`` optimiser steps; at step 0, every ``log_every``
+steps and after the last step it records the per-layer diagnostics of that
+step's minibatch and evaluates on the test split. A loss that is not finite,
+or beyond ``divergence_factor`` times the initial loss, ends the run with
+status ``diverged``: a result, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from testbed.app.schema import ConfigError
+from testbed.app.trainers import ManualTrainer, TorchTrainer
+from testbed.data import BatchSampler, load_dataset
+from testbed.diagnostics import layer_metrics, per_layer
+from testbed.engine import Backend, MLPSpec, init_params
+from testbed.reference.lockstep import relative_error
+from testbed.tracking.files import MetricsFile, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("testbed")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not allowed here: no CUDA device is available; "
+                          "use device=cpu or device=auto")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        warnings.warn("device=auto: no CUDA device available, running on cpu", stacklevel=2)
+        return "cpu"
+    return device
+
+
+def optimizer_hyper(optim: DictConfig) -> tuple[str, dict]:
+    """The optimiser's name and the hyperparameters it takes, from the optim config."""
+    name = str(optim.name)
+    hyper = {"lr": optim.lr, "weight_decay": optim.weight_decay}
+    if name == "sgd":
+        hyper.update(momentum=optim.momentum, dampening=optim.dampening, nesterov=optim.nesterov)
+    elif name in ("adam", "adamw"):
+        hyper.update(betas=tuple(optim.betas))
+    elif name == "rmsprop":
+        hyper.update(alpha=optim.alpha, momentum=optim.momentum, centered=optim.centered)
+    if optim.eps is not None and name != "sgd":
+        hyper["eps"] = optim.eps
+    return name, hyper
+
+
+def model_spec(cfg: DictConfig, dataset) -> MLPSpec:
+    m = cfg.model
+    return MLPSpec(
+        in_features=dataset.in_features, out_features=dataset.out_features, depth=m.depth,
+        width=m.width, activation=str(m.activation), activation_params=dict(m.activation_params),
+        init=str(m.init), init_scale=m.init_scale, init_params=dict(m.init_params),
+        bias_init=str(m.bias_init), bias_std=m.bias_std, loss=dataset.loss)
+
+
+def build_trainers(cfg: DictConfig, spec: MLPSpec, device: str) -> list:
+    """[manual], [torch] or [manual, torch], all from the same initial parameters."""
+    initial = init_params(spec, cfg.seed)
+    name, hyper = optimizer_hyper(cfg.optim)
+    dtype, engine = str(cfg.model.dtype), str(cfg.engine.name)
+    trainers = []
+    if engine in ("manual", "both"):
+        backend_name = str(cfg.engine.backend)
+        backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
+        trainers.append(ManualTrainer(spec, initial, backend, name, hyper, cfg.optim.clip_norm))
+    if engine in ("torch", "both"):
+        trainers.append(TorchTrainer(spec, initial, device, dtype, name, hyper, cfg.optim.clip_norm))
+    return trainers
+
+
+def compare(manual: ManualTrainer, reference: TorchTrainer, manual_loss: float, torch_loss: float) -> dict:
+    grads = reference.grads
+    params = reference.named_params()
+    return {
+        "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
+        "cmp/grad_max_rel_err": max(relative_error(manual.grads[k], grads[k]) for k in grads),
+        "cmp/param_max_rel_err": max(relative_error(manual.net.params[k], params[k]) for k in params),
+    }
+
+
+def _show_progress(cfg: DictConfig) -> bool:
+    return bool(cfg.train.progress) and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
+    """Run one configuration; write config.yaml and metrics.jsonl, return the summary."""
+    started = time.time()
+    seed_everything(cfg.seed)
+    device = resolve_device(str(cfg.device))
+    options = dict(cfg.data.options)
+    if cfg.data.path:
+        options["path"] = cfg.data.path
+    dataset = load_dataset(str(cfg.data.name), seed=cfg.data.seed, **options)
+    spec = model_spec(cfg, dataset)
+    trainers = build_trainers(cfg, spec, device)
+    for trainer in trainers:
+        trainer.load_data(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+    primary = trainers[0]
+    sampler = BatchSampler(len(dataset.x_train), cfg.data.batch_size, seed=cfg.seed)
+    steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    summary = {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers}
+    rows: list[dict] = []
+    cmp_max = {"cmp/loss_abs_diff": 0.0, "cmp/grad_max_rel_err": 0.0, "cmp/param_max_rel_err": 0.0}
+    initial_loss, last_finite_loss = None, None
+    metrics = MetricsFile(run_dir / "metrics.jsonl")
+    progress = None
+    if _show_progress(cfg):
+        from tqdm import tqdm
+        progress = tqdm(total=steps, desc="train", unit="step", leave=False)
+    try:
+        for step in range(steps + 1):
+            idx = sampler.next()
+            log_now = step % cfg.train.log_every == 0 or step == steps
+            update = step < steps
+            losses = [t.step(idx, update=update, record=log_now) for t in trainers]
+            loss = losses[0]
+            compared = compare(*trainers, *losses) if len(trainers) == 2 else {}
+            for key, value in compared.items():
+                cmp_max[key] = max(cmp_max[key], value) if math.isfinite(value) else math.inf
+
+            initial_loss = loss if initial_loss is None else initial_loss
+            ceiling = cfg.train.divergence_factor * max(abs(initial_loss), 1.0)
+            if cfg.train.max_loss is not None:
+                ceiling = min(ceiling, cfg.train.max_loss)
+            if not math.isfinite(loss) or loss > ceiling:
+                summary.update(status="diverged", diverged_at_step=step, last_finite_loss=last_finite_loss,
+                               diverged_loss=loss)
+                row = {"step": step, "train/loss": loss, "status": "diverged", **compared}
+                metrics.write(row)
+                logger.log(row, step)
+                log.info("diverged at step %d: loss %s (last finite %s)", step, loss, last_finite_loss)
+                break
+            last_finite_loss = loss
+            summary["steps"] = step if not update else step + 1
+
+            if log_now:
+                test_loss, test_acc = primary.evaluate("test")
+                row = {"step": step, "epoch": sampler.epoch, "train/loss": loss, "test/loss": test_loss}
+                if test_acc is not None:
+                    row["test/acc"] = test_acc
+                row.update(layer_metrics(spec.activation, **primary.record))
+                row.update(compared)
+                metrics.write(row)
+                logger.log(row, step)
+                rows.append(row)
+                cmp_text = (" | |dloss| {cmp/loss_abs_diff:.1e} grad rel err {cmp/grad_max_rel_err:.1e} "
+                            "param drift {cmp/param_max_rel_err:.1e}".format(**compared) if compared else "")
+                acc_text = f" test acc {test_acc:.3f}" if test_acc is not None else ""
+                log.info("step %5d  loss %.4f  test loss %.4f%s%s", step, loss, test_loss, acc_text,
+                         cmp_text)
+            if progress is not None:
+                progress.update(int(update))
+    finally:
+        metrics.close()
+        if progress is not None:
+            progress.close()
+
+    if summary["status"] == "completed":
+        train_loss, train_acc = primary.evaluate("train")
+        test_loss, test_acc = primary.evaluate("test")
+        summary.update({"final/train_loss": train_loss, "final/test_loss": test_loss})
+        if test_acc is not None:
+            summary.update({"final/train_acc": train_acc, "final/test_acc": test_acc})
+    if len(trainers) == 2:
+        summary.update({f"{k}_max": v for k, v in cmp_max.items()})
+    if rows:
+        for key, title in (("grad_norm/s", "||dL/ds^l|| by layer and step"),
+                           ("grad_norm/W", "||dL/dW^l|| by layer and step")):
+            matrix = per_layer(rows, key, spec.num_layers)
+            steps_logged = [r["step"] for r in rows]
+            logger.log_line_series(f"layers/{key}", steps_logged,
+                                   {f"L{layer}": list(matrix[layer - 1])
+                                    for layer in range(1, spec.num_layers + 1)}, title)
+            if cfg.logger.get("heatmap", True):
+                logger.log_heatmap(f"heatmap/{key}", matrix, steps_logged, title)
+    summary["wall_s"] = time.time() - started
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json: written last, atomically; the only mark of a finished run."""
+    atomic_write_json(run_dir / "summary.json", summary)

@@ -1,0 +1,172 @@
+"""One interface over the two ways to train: the hand-written engine and torch autograd.
+
+Each trainer holds its copy of the data, takes a minibatch by indices, and
+after a recorded step exposes the per-layer tensors the diagnostics read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer
+from testbed.engine.backend import to_numpy
+from testbed.reference.model import (
+    build_torch_loss,
+    build_torch_mlp,
+    build_torch_optimizer,
+    torch_dtype,
+    torch_named_params,
+)
+
+
+def accuracy(output: np.ndarray, target: np.ndarray, loss: str) -> float | None:
+    """Classification accuracy (argmax), binary accuracy (logit > 0), or None for regression."""
+    if loss == "cross_entropy":
+        return float(np.mean(output.argmax(axis=-1) == target))
+    if loss == "bce_with_logits":
+        return float(np.mean((output > 0) == (target > 0.5)))
+    return None
+
+
+class Trainer:
+    spec: MLPSpec
+    record: dict  # after a recorded step: pre_activations, activations, weight_grads, ...
+
+    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+        self.data = {"train": (self._inputs(x_train), self._targets(y_train)),
+                     "test": (self._inputs(x_test), self._targets(y_test))}
+
+    def evaluate(self, split: str, chunk: int = 4096) -> tuple[float, float | None]:
+        """(mean loss, accuracy) over a whole split, in chunks; no gradients."""
+        x, y = self.data[split]
+        n = x.shape[0]
+        total, outputs = 0.0, []
+        for start in range(0, n, chunk):
+            out, loss = self._forward_loss(x[start:start + chunk], y[start:start + chunk])
+            total += loss * min(chunk, n - start)
+            outputs.append(to_numpy(out))
+        output = np.concatenate(outputs)
+        return total / n, accuracy(output, to_numpy(y), self.spec.loss)
+
+    def params_numpy(self) -> dict[str, np.ndarray]:
+        return {k: to_numpy(v).copy() for k, v in self.named_params().items()}
+
+
+class ManualTrainer(Trainer):
+    """The hand-written engine on ``backend`` (numpy or torch arrays, autograd off)."""
+
+    def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
+                 clip_norm: float | None = None):
+        self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
+        self.net = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
+        self.optimizer = get_optimizer(optimizer, **hyper)
+        self.record: dict = {}
+        self.grads: dict = {}
+
+    def _inputs(self, x):
+        return self.backend.asarray(x)
+
+    def _targets(self, y):
+        return self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
+
+    def _index(self, idx):
+        return torch.as_tensor(idx, device=self.backend.device) if self.backend.name == "torch" else idx
+
+    def named_params(self) -> dict:
+        return self.net.params
+
+    def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
+        x, y = self.data["train"]
+        i = self._index(idx)
+        loss, grads = self.net.loss_and_grads(x[i], y[i])
+        if self.clip_norm is not None:
+            clip_grad_norm(grads, self.clip_norm)
+        self.grads = grads
+        before = [self.net.params[f"W{layer}"] * 1 for layer in range(1, self.spec.num_layers + 1)] if (
+            record and update) else None
+        if update:
+            self.optimizer.step(self.net.params, grads)
+        if record:
+            weights = [self.net.params[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)]
+            self.record = dict(
+                pre_activations=self.net.pre_activations, activations=self.net.activations,
+                weight_grads=[grads[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)],
+                pre_activation_grads=self.net.pre_activation_grads, weights=weights,
+                updates=[w - b for w, b in zip(weights, before, strict=True)] if before else None)
+        return float(loss)
+
+    def _forward_loss(self, x, y):
+        output = self.net.forward(x)
+        return output, float(self.net.loss_fn.forward(output, y)[0])
+
+
+class TorchTrainer(Trainer):
+    """The torch.nn / torch.optim reference; hooks keep s^l, a^l and dL/ds^l when recording."""
+
+    def __init__(self, spec: MLPSpec, initial: dict, device: str, dtype: str, optimizer: str,
+                 hyper: dict, clip_norm: float | None = None):
+        self.spec, self.device, self.clip_norm = spec, device, clip_norm
+        self.dtype = torch_dtype(dtype)
+        self.model = build_torch_mlp(spec, initial, device=device, dtype=dtype)
+        self.params = torch_named_params(self.model)
+        self.loss_fn = build_torch_loss(spec.loss)
+        self.optimizer = build_torch_optimizer(optimizer, self.model.parameters(), **hyper)
+        self.record: dict = {}
+
+    def _inputs(self, x):
+        return torch.as_tensor(np.asarray(x)).to(self.device, self.dtype)
+
+    def _targets(self, y):
+        y = torch.as_tensor(np.asarray(y)).to(self.device)
+        return y.long() if self.spec.loss == "cross_entropy" else y.to(self.dtype)
+
+    def named_params(self) -> dict:
+        return {k: v.detach() for k, v in self.params.items()}
+
+    def _forward_recording(self, x):
+        pre_activations, activations = [], []
+        a = x
+        for module in self.model:
+            a = module(a)
+            if isinstance(module, torch.nn.Linear):
+                a.retain_grad()
+                pre_activations.append(a)
+            else:
+                activations.append(a)
+        return a, pre_activations, activations
+
+    def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
+        x, y = self.data["train"]
+        i = torch.as_tensor(idx, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        if record:
+            output, pre_activations, activations = self._forward_recording(x[i])
+        else:
+            output = self.model(x[i])
+        loss = self.loss_fn(output, y[i])
+        loss.backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        weights = [self.params[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)]
+        before = [w.detach().clone() for w in weights] if (record and update) else None
+        if update:
+            self.optimizer.step()
+        if record:
+            self.record = dict(
+                pre_activations=[s.detach() for s in pre_activations],
+                activations=[a.detach() for a in activations],
+                weight_grads=[w.grad for w in weights],
+                pre_activation_grads=[s.grad for s in pre_activations],
+                weights=[w.detach() for w in weights],
+                updates=[w.detach() - b for w, b in zip(weights, before, strict=True)] if before else None)
+        return loss.item()
+
+    @property
+    def grads(self) -> dict:
+        return {k: v.grad for k, v in self.params.items()}
+
+    @torch.no_grad()
+    def _forward_loss(self, x, y):
+        output = self.model(x)
+        return output, self.loss_fn(output, y).item()
