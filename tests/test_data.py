@@ -49,10 +49,17 @@ def check_contract(ds: Dataset) -> None:
 
 
 @pytest.fixture(scope="module")
-def mnist1d_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset]:
-    """Build MNIST-1D once for the module into a private cache dir."""
+def mnist1d_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset, bool]:
+    """Build MNIST-1D once for the module into a private cache dir; also report whether the build left
+    the global `random` and `np.random` streams where they were (the generator reseeds them)."""
     cache = tmp_path_factory.mktemp("cache")
-    return cache, load_dataset("mnist1d", cache_dir=cache)
+    random.seed(123)
+    np.random.seed(123)
+    expected = random.random(), np.random.random()
+    random.seed(123)
+    np.random.seed(123)
+    ds = load_dataset("mnist1d", cache_dir=cache)
+    return cache, ds, (random.random(), np.random.random()) == expected
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +250,7 @@ def test_digits_split_is_stratified_disjoint_and_complete() -> None:
 
 
 def test_mnist1d_shapes_and_cache(mnist1d_cache, monkeypatch) -> None:
-    cache, first = mnist1d_cache
+    cache, first, _ = mnist1d_cache
     check_contract(first)
     assert first.x_train.shape == (4000, 40) and first.x_test.shape == (1000, 40)
     assert first.num_classes == 10 and set(np.unique(first.y_train)) == set(range(10))
@@ -258,7 +265,7 @@ def test_mnist1d_shapes_and_cache(mnist1d_cache, monkeypatch) -> None:
 
 
 def test_mnist1d_standardize_uses_train_statistics(mnist1d_cache) -> None:
-    cache, raw = mnist1d_cache
+    cache, raw, _ = mnist1d_cache
     ds = load_dataset("mnist1d", cache_dir=cache, standardize=True)
     np.testing.assert_allclose(ds.x_train.mean(0), 0, atol=1e-12)
     np.testing.assert_allclose(ds.x_train.std(0), 1)
@@ -267,7 +274,7 @@ def test_mnist1d_standardize_uses_train_statistics(mnist1d_cache) -> None:
 
 
 def test_mnist1d_env_cache_dir_and_corrupt_cache_rebuilt(mnist1d_cache, tmp_path, monkeypatch) -> None:
-    cache, first = mnist1d_cache
+    cache, first, _ = mnist1d_cache
     (cached,) = cache.iterdir()
     (tmp_path / cached.name).write_bytes(b"not a zip file")
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
@@ -277,15 +284,8 @@ def test_mnist1d_env_cache_dir_and_corrupt_cache_rebuilt(mnist1d_cache, tmp_path
     assert np.load(tmp_path / cached.name)["x_train"].shape == (4000, 40)  # rewritten
 
 
-def test_mnist1d_build_restores_global_random_state() -> None:
-    random.seed(123)
-    np.random.seed(123)
-    expected = random.random(), np.random.random()
-    random.seed(123)
-    np.random.seed(123)
-    arrays_ = mnist1d_module.build()
-    assert (random.random(), np.random.random()) == expected
-    assert arrays_["x_train"].shape == (4000, 40)
+def test_mnist1d_build_restores_global_random_state(mnist1d_cache) -> None:
+    assert mnist1d_cache[2]
 
 
 # ------------------------------------------------------------------------------------------------- idx

@@ -52,16 +52,16 @@ class CrossEntropyLoss:
 class BCEWithLogitsLoss:
     """Binary cross-entropy on logits z and targets y in [0, 1]:
     L = mean [(1 - y) z + log(1 + exp(-z))], computed as
-    (1 - y) z + max(-z, 0) + log(exp(-max) + exp(-z - max)), stable for any z.
+    (1 - y) z + max(-z, 0) + log1p(exp(-|z|)) (= (1 - y) z - log sigmoid(z), as torch):
+    stable for any z, and accurate where the loss is tiny (confident, correct logits).
     """
 
     name = "bce_with_logits"
 
     def forward(self, logits, target):
         xp = namespace(logits)
-        max_val = xp.maximum(-logits, 0.0)
-        per_element = (1 - target) * logits + max_val + xp.log(
-            xp.exp(-max_val) + xp.exp(-logits - max_val))
+        per_element = ((1 - target) * logits + xp.maximum(-logits, 0.0)
+                       + xp.log1p(xp.exp(-xp.abs(logits))))
         count = logits.shape[-1] * logits.shape[-2]
         return xp.sum(per_element, axis=(-2, -1)) / count, (logits, target, count)
 
