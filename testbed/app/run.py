@@ -9,6 +9,7 @@ status ``diverged``: a result, not a crash.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from testbed.data import BatchSampler, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import Backend, MLPSpec, init_params
 from testbed.reference.lockstep import relative_error
-from testbed.tracking.files import MetricsFile, atomic_write_json, atomic_write_text
+from testbed.tracking.files import MetricsFile, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("testbed")
 
@@ -121,6 +122,8 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
     sampler = BatchSampler(len(dataset.x_train), cfg.data.batch_size, seed=cfg.seed)
     steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.train.save_params:
+        save_params(run_dir / "params_init.npz", primary.params_numpy())
 
     summary = {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers}
     rows: list[dict] = []
@@ -179,6 +182,8 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
         if progress is not None:
             progress.close()
 
+    if cfg.train.save_params:
+        save_params(run_dir / "params_final.npz", primary.params_numpy())
     if summary["status"] == "completed":
         train_loss, train_acc = primary.evaluate("train")
         test_loss, test_acc = primary.evaluate("test")
@@ -199,6 +204,12 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
                 logger.log_heatmap(f"heatmap/{key}", matrix, steps_logged, title)
     summary["wall_s"] = time.time() - started
     return summary
+
+
+def save_params(path: Path, params: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -80,6 +80,7 @@ class TrainConfig:
     progress: bool = True  # a progress bar, only on a terminal and never under CI
     checkpoint_every: int = 0
     resume: bool = False
+    save_params: bool = False  # params_init.npz and params_final.npz, for analyses after training
 
 
 @dataclass
@@ -139,6 +140,8 @@ def _finite(x: Any) -> bool:
 def validate(cfg: Any) -> None:
     """Impossible values, each with a one-line message (the types were checked by the schema)."""
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _check(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _check(d.seed >= 0, "data.seed", d.seed, "an integer >= 0")
     _check(m.depth >= 0, "model.depth", m.depth, "an integer >= 0 (0 is a linear model)")
     _check(m.width >= 1, "model.width", m.width, "an integer >= 1")
     _check(_finite(m.init_scale) and m.init_scale >= 0, "model.init_scale", m.init_scale,

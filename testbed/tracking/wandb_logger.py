@@ -18,6 +18,7 @@ before the new one starts (by default wandb 0.31 would return the old run).
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import numpy as np
 
 ALLOWED_MODES = ("offline", "online", "disabled")
 
+# How long `finish` waits for wandb-core to flush the run's record file (usually a few ms).
+_FLUSH_WAIT_S = 10.0
 # A log-scale colour norm once the positive values span this many decades.
 _LOG_NORM_MIN_DECADES = 2.0
 
@@ -110,7 +113,8 @@ class WandbLogger:
             try:
                 self.run = _start_run(mode="offline", **init_kwargs)
             except Exception as offline_error:
-                _warn(f"W&B offline init failed too ({_one_line(offline_error)}); no W&B logging for this run")
+                reason = _one_line(offline_error)
+                _warn(f"W&B offline init failed too ({reason}); no W&B logging for this run")
                 return
         self.where = _describe_where(self.run)
 
@@ -171,6 +175,8 @@ class WandbLogger:
         # Close the run even after a failure, so that it cannot linger into the next job.
         try:
             self.run.finish(exit_code=exit_code)
+            if self.where != "disabled" and not _wait_for_record_file(self.run.settings.sync_dir):
+                raise TimeoutError(f"record file incomplete {_FLUSH_WAIT_S:.0f} s after finish")
         except Exception as error:
             if not self._broken:
                 self._broken = True
@@ -233,6 +239,27 @@ def _start_run(
         run.finish(exit_code=1)
         raise
     return run
+
+
+def _wait_for_record_file(sync_dir: str | Path) -> bool:
+    """Wait until wandb-core has flushed the run's record file (its exit record is on disk).
+
+    `run.finish()` only tells wandb-core that the run is over and returns; the
+    file is completed a few ms later, and anything that reads the run right
+    away (the app, the tests, `wandb sync`) would otherwise see a partial run.
+    """
+    from testbed.tracking.wandb_offline import has_exit_record
+
+    deadline = time.monotonic() + _FLUSH_WAIT_S
+    while True:
+        try:
+            if has_exit_record(sync_dir):
+                return True
+        except (FileNotFoundError, ValueError):
+            pass  # not created or not complete yet
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def _describe_where(run: Any) -> str:

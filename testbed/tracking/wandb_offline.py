@@ -72,17 +72,22 @@ def iter_records(run: str | Path) -> Iterator[Any]:
         yield record
 
 
-def _iter_payloads(data: bytes) -> Iterator[bytes]:
-    if len(data) < _FILE_HEADER.size:
-        raise ValueError("not a W&B record file: too short")
-    ident, magic, version = _FILE_HEADER.unpack_from(data, 0)
-    if ident != _FILE_IDENT or magic != _FILE_MAGIC or version != _FILE_VERSION:
-        raise ValueError(f"not a W&B record file (header {ident!r}, magic {magic:#x}, version {version})")
+def _iter_payloads(data: bytes, *, tail_start: int | None = None) -> Iterator[bytes]:
+    """Record payloads in `data`, the whole file; or, with `tail_start` (a block boundary),
+    `data` holds the file from that byte on and records cut off at its front are skipped."""
+    if tail_start is None:
+        if len(data) < _FILE_HEADER.size:
+            raise ValueError("not a W&B record file: too short")
+        ident, magic, version = _FILE_HEADER.unpack_from(data, 0)
+        if ident != _FILE_IDENT or magic != _FILE_MAGIC or version != _FILE_VERSION:
+            raise ValueError(f"not a W&B record file (header {ident!r}, magic {magic:#x}, version {version})")
+        offset = _FILE_HEADER.size
+    else:
+        offset = _FILE_HEADER.size if tail_start == 0 else 0
 
-    offset = _FILE_HEADER.size
     pending: list[bytes] | None = None  # chunks of a record split across blocks
     while True:
-        left_in_block = _BLOCK_LEN - offset % _BLOCK_LEN
+        left_in_block = _BLOCK_LEN - offset % _BLOCK_LEN  # data starts on a block boundary
         if left_in_block < _CHUNK_HEADER.size:
             offset += left_in_block  # zero padding at the end of a block
             continue
@@ -91,10 +96,10 @@ def _iter_payloads(data: bytes) -> Iterator[bytes]:
         checksum, length, chunk_type = _CHUNK_HEADER.unpack_from(data, offset)
         start = offset + _CHUNK_HEADER.size
         if chunk_type == 0 and length == 0 and checksum == 0:
-            offset += left_in_block  # unwritten rest of a block (preallocated or padded)
+            offset += left_in_block  # unwritten rest of a block
             continue
         if start + length > len(data):
-            return
+            return  # truncated: the run is still writing, or was killed
         chunk = data[start : start + length]
         if zlib.crc32(chunk, zlib.crc32(bytes([chunk_type]))) & 0xFFFFFFFF != checksum:
             raise ValueError(f"checksum mismatch in W&B record file at byte {offset}")
@@ -105,6 +110,8 @@ def _iter_payloads(data: bytes) -> Iterator[bytes]:
             yield chunk
         elif chunk_type == _FIRST:
             pending = [chunk]
+        elif chunk_type in (_MIDDLE, _LAST) and pending is None and tail_start is not None:
+            continue  # the rest of a record that began before the tail
         elif chunk_type == _MIDDLE and pending is not None:
             pending.append(chunk)
         elif chunk_type == _LAST and pending is not None:
@@ -113,6 +120,29 @@ def _iter_payloads(data: bytes) -> Iterator[bytes]:
             pending = None
         else:
             raise ValueError(f"unexpected chunk type {chunk_type} at byte {offset}")
+
+
+def has_exit_record(run: str | Path) -> bool:
+    """Whether the run's record file is complete: W&B writes the exit record last.
+
+    Reads only the last two blocks. wandb 0.31's `run.finish()` returns before
+    wandb-core has closed (flushed) the file, so a reader right after `finish`
+    can see a partial file; `WandbLogger.finish` waits for this to be True.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    path = run_file(run)
+    size = path.stat().st_size
+    tail_start = max(0, (size - 1) // _BLOCK_LEN - 1) * _BLOCK_LEN
+    with path.open("rb") as stream:
+        stream.seek(tail_start)
+        tail = stream.read()
+    for payload in _iter_payloads(tail, tail_start=tail_start):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
 
 
 def _item_value(item: Any) -> Any:
