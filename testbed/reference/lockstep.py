@@ -63,8 +63,10 @@ class Lockstep:
         self.torch_model = build_torch_mlp(spec, initial, device=device, dtype=backend.dtype)
         self.torch_params = torch_named_params(self.torch_model)
         self.torch_loss = build_torch_loss(spec.loss)
+        # torch gets the engine's resolved lr: with lr omitted, each would fall back to its own
+        # default, and those differ (torch.optim.SGD 1e-3, the engine's SGD 1e-2)
         self.torch_optimizer = build_torch_optimizer(optimizer, self.torch_model.parameters(),
-                                                     **hyper)
+                                                     **{"lr": self.manual_optimizer.lr, **hyper})
         self.device = device
 
     def _torch_inputs(self, x, y):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ class WandbLogger:
     def _usable(self) -> bool:
         return self.run is not None and not self._broken and not self._finished
 
-    def _guard(self, what: str, call: Any) -> None:
+    def _guard(self, what: str, call: Callable[[], Any]) -> None:
         try:
             call()
         except Exception as error:  # W&B must not stop training
