@@ -2,11 +2,17 @@
 
 cs231n's gradient check: for an op y = f(x) and a random, non-symmetric upstream gradient g,
 d<g, f(x)>/dx_i ~ (<g, f(x + eps e_i)> - <g, f(x - eps e_i)>) / (2 eps), in float64 on the numpy
-backend. With eps = 1e-6 the truncation error is O(eps^2) ~ 1e-12 and the rounding error
-O(1e-16 / eps) ~ 1e-10 relative, so a correct backward lands near 1e-9 and the bound 1e-7 leaves
-room without letting a wrong derivative through (the last test checks that). Inputs are kept at
-least 1e-2 from the kinks (relu's 0, softplus's threshold): a central difference that straddles a
-kink measures the average of two one-sided slopes, not the derivative.
+backend; for a whole MLP, f is the loss and the check covers every parameter and the input.
+
+Choice of eps = 1e-5: a central difference has truncation error ~ eps^2 |f'''| / 6 (~1e-11
+here) and rounding error ~ u |f| / eps (u = 1.1e-16). The rounding term is what matters when a
+gradient is small next to the function it differentiates, e.g. dL/dx of a sigmoid network is
+~1% of the loss: at eps = 1e-6 it alone reaches a relative error of ~5e-8, at 1e-5 ~7e-9.
+A correct backward then lands below 1e-9 for single ops and ~1e-8 for networks; the bound 1e-7
+keeps a margin without letting a wrong derivative through (the last test checks that). Inputs
+are kept at least 1e-2 from the kinks (relu's 0, softplus's threshold) and a network's hidden
+pre-activations at least 100 eps from them: a central difference that straddles a kink
+measures the average of two one-sided slopes, not the derivative.
 """
 
 from __future__ import annotations

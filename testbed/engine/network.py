@@ -11,7 +11,7 @@ or exploding gradient; Glorot & Bengio 2010, eq. 14) and dL/dx.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -70,8 +70,29 @@ def init_params(spec: MLPSpec, seed: int) -> dict[str, np.ndarray]:
     return params
 
 
+def init_replica_params(spec: MLPSpec, seeds: list[int], inits: list[str] | None = None,
+                        init_scales: list[float] | None = None) -> dict[str, np.ndarray]:
+    """K replicas' initial parameters stacked on a leading axis: W^l (K, fan_out, fan_in).
+
+    Replica k is exactly ``init_params`` of the spec with seed k, init k and scale k, so a
+    replica trained in the stack equals the same configuration trained alone.
+    """
+    inits = inits or [spec.init] * len(seeds)
+    init_scales = init_scales or [spec.init_scale] * len(seeds)
+    if not len(seeds) == len(inits) == len(init_scales):
+        raise ValueError(f"replica lists differ in length: {len(seeds)} seeds, {len(inits)} inits, "
+                         f"{len(init_scales)} init scales")
+    sets = [init_params(replace(spec, init=init, init_scale=scale), seed)
+            for seed, init, scale in zip(seeds, inits, init_scales, strict=True)]
+    return {key: np.stack([params[key] for params in sets]) for key in sets[0]}
+
+
 class MLP:
-    """A hand-written MLP. ``params`` and ``grads`` are dicts with the same keys (cs231n)."""
+    """A hand-written MLP. ``params`` and ``grads`` are dicts with the same keys (cs231n).
+
+    With parameters stacked on a leading axis (``init_replica_params``) and inputs of shape
+    (K, N, in_features), the same code trains K independent replicas in batched matmuls.
+    """
 
     def __init__(self, spec: MLPSpec, params: dict):
         self.spec = spec

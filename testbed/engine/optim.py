@@ -3,8 +3,8 @@ single-tensor update order so that trajectories agree to rounding.
 
 An optimiser updates a ``params`` dict in place from a ``grads`` dict with the
 same keys, and keeps its per-parameter ``state`` (plain arrays, easy to
-checkpoint). ``lr`` may be a float or an array that broadcasts against the
-parameters (one learning rate per replica).
+checkpoint). ``lr`` may be a float, or an array of shape (K,) giving each of
+K stacked replicas (parameters of shape (K, ...)) its own learning rate.
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ class Optimizer:
         """Apply one update to every parameter, in place."""
         self.steps += 1
         for key, param in params.items():
-            self.update(param, grads[key], self.state.setdefault(key, {}))
+            self.update(param, grads[key], self.state.setdefault(key, {}), self.lr_for(param))
 
-    def update(self, param, grad, state: dict) -> None:
+    def lr_for(self, param):
+        """The learning rate shaped to broadcast against ``param`` (per replica if an array)."""
+        lr = self.lr
+        if isinstance(lr, int | float):
+            return lr
+        return lr.reshape(lr.shape + (1,) * (param.ndim - lr.ndim))
+
+    def update(self, param, grad, state: dict, lr) -> None:
         raise NotImplementedError
 
 
@@ -48,7 +55,7 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.nesterov, self.weight_decay = nesterov, weight_decay
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, lr):
         if self.weight_decay:
             grad = grad + self.weight_decay * param  # L2 penalty wd/2 ||w||^2
         if self.momentum:
@@ -60,7 +67,7 @@ class SGD(Optimizer):
                 buf += (1 - self.dampening) * grad
             buf = state["momentum_buffer"]
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        param -= lr * grad
 
 
 class Adam(Optimizer):
@@ -79,14 +86,14 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, lr):
         if not state:
             state.update(step=0, exp_avg=namespace(param).zeros_like(param),
                          exp_avg_sq=namespace(param).zeros_like(param))
         state["step"] += 1
         if self.weight_decay:
             if self.decoupled_weight_decay:
-                param *= 1 - self.lr * self.weight_decay  # Loshchilov & Hutter 2019
+                param *= 1 - lr * self.weight_decay  # Loshchilov & Hutter 2019
             else:
                 grad = grad + self.weight_decay * param
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -96,7 +103,7 @@ class Adam(Optimizer):
         bias_correction1 = 1 - self.beta1 ** state["step"]
         bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** state["step"])
         denom = namespace(param).sqrt(exp_avg_sq) / bias_correction2_sqrt + self.eps
-        param -= (self.lr / bias_correction1) * (exp_avg / denom)
+        param -= (lr / bias_correction1) * (exp_avg / denom)
 
 
 class AdamW(Adam):
@@ -121,7 +128,7 @@ class RMSprop(Optimizer):
         self.alpha, self.eps, self.momentum = alpha, eps, momentum
         self.centered, self.weight_decay = centered, weight_decay
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, lr):
         xp = namespace(param)
         if not state:
             state["square_avg"] = xp.zeros_like(param)
@@ -144,9 +151,9 @@ class RMSprop(Optimizer):
             buf = state["momentum_buffer"]
             buf *= self.momentum
             buf += grad / avg
-            param -= self.lr * buf
+            param -= lr * buf
         else:
-            param -= self.lr * (grad / avg)
+            param -= lr * (grad / avg)
 
 
 class Adagrad(Optimizer):
@@ -160,14 +167,14 @@ class Adagrad(Optimizer):
         self.lr_decay, self.eps, self.weight_decay = lr_decay, eps, weight_decay
         self.initial_accumulator_value = initial_accumulator_value
 
-    def update(self, param, grad, state):
+    def update(self, param, grad, state, lr):
         xp = namespace(param)
         if not state:
             state.update(step=0, sum=xp.full_like(param, self.initial_accumulator_value))
         state["step"] += 1
         if self.weight_decay:
             grad = grad + self.weight_decay * param
-        clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
+        clr = lr / (1 + (state["step"] - 1) * self.lr_decay)
         state["sum"] += grad * grad
         param -= clr * (grad / (xp.sqrt(state["sum"]) + self.eps))
 
