@@ -79,6 +79,11 @@ def backend_params(names: tuple[str, ...] = ("numpy", "torch"),
             for b in backends(names, dtypes)]
 
 
+def device_params() -> list:
+    """``DEVICES`` as pytest params; cuda carries ``pytest.mark.cuda``."""
+    return [pytest.param(d, id=d, marks=[pytest.mark.cuda] if d != "cpu" else []) for d in DEVICES]
+
+
 def reference_tensor(a: np.ndarray, backend: Backend, requires_grad: bool = False) -> torch.Tensor:
     """``a`` as a torch tensor on the backend's device, in its dtype (labels stay int64)."""
     t = torch.as_tensor(np.asarray(a)).to(backend.device if backend.name == "torch" else "cpu")

@@ -6,6 +6,11 @@
 
 The command line is checked first (``preflight``): a bad key or value stops
 with one line and exit code 2 before any run folder is made.
+
+A run resumes from its checkpoint with ``train.resume=true`` (sweeps: by
+default), and a finished run is left alone (``testbed.app.checkpoint.plan_run``).
+summary.json is written last, and only when the run ended by itself: a run
+stopped from outside stays incomplete.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from testbed.app.preflight import CONFIG_DIR, preflight
+from testbed.app.checkpoint import plan_run
+from testbed.app.preflight import CONFIG_DIR, check
 from testbed.app.run import train, write_summary
 from testbed.app.schema import ConfigError, register_configs
 from testbed.data import DataError
@@ -48,29 +54,50 @@ def _logger_for(cfg: DictConfig, run_dir: Path):
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    summary: dict = {"status": "failed"}
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    who = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})" if multirun else str(run_dir)
+    try:
+        plan = plan_run(run_dir, cfg, multirun)
+    except ConfigError as error:  # resuming a folder that holds another config (a single run)
+        print(f"testbed: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if plan.reason:
+        log.info("%s: %s", who, plan.reason)
+    if plan.action == "skip":
+        return plan.summary
+
     logger = _logger_for(cfg, run_dir) if cfg.logger.name != "none" else open_logger("none")
     try:
-        summary = train(cfg, run_dir, logger)
+        summary = train(cfg, run_dir, logger, resume=plan.checkpoint)
     except (ConfigError, DataError) as error:
         summary = {"status": "failed", "error": str(error)}
         if not multirun:
+            _close(logger, run_dir, summary)
             print(f"testbed: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
     except Exception as error:
         summary = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
         if not multirun:
+            _close(logger, run_dir, summary)
             raise
         log.exception("run failed; the sweep goes on")
-    finally:
-        logger.finish(summary, exit_code=0 if summary["status"] != "failed" else 1)
-        write_summary(run_dir, summary)
+    except BaseException:
+        # Stopped from outside (Ctrl-C, a requeue signal): no summary.json, so the run reads as
+        # incomplete and resumes from its checkpoint next time.
+        logger.finish(None, exit_code=1)
+        raise
+    _close(logger, run_dir, summary)
     where = getattr(logger, "where", None)
     log.info("%s in %.1f s: outputs in %s%s", summary["status"], summary.get("wall_s", 0.0), run_dir,
              f"; W&B run in {where} (upload: wandb sync {where})" if where else "")
     return summary
+
+
+def _close(logger, run_dir: Path, summary: dict) -> None:
+    logger.finish(summary, exit_code=0 if summary["status"] != "failed" else 1)
+    write_summary(run_dir, summary)  # last: the mark of a finished run
 
 
 TAKES_VALUE = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg", "-c",
@@ -91,14 +118,19 @@ def _overrides(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    overrides = _overrides(sys.argv[1:])
+    argv = sys.argv[1:]
+    overrides = _overrides(argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") or a.startswith("--info")
-               for a in sys.argv[1:]):
+               for a in argv):
         try:
-            preflight(overrides)
+            checked = check(overrides, multirun=multirun)
         except ConfigError as error:
             print(f"testbed: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+        if checked.plan is not None and checked.plan.action == "skip":
+            print(f"testbed: {checked.run_dir}: {checked.plan.reason}", file=sys.stderr)
+            return
     app()
 
 

@@ -1,24 +1,35 @@
 """Check a command line before any work: every configuration it would run must compose,
-match the schema, and hold possible values. Errors are one line naming the key and what
-is allowed; nothing is written.
+match the schema, and hold possible values; its inputs must exist (IDX files are read and
+checked whole), a CUDA device asked for must be there, and the output folder must be
+writable. Errors are one line naming the key and what is allowed; nothing is written.
 
 Sweeps are checked value by value (each swept value once, with the fixed overrides), which
 catches every per-key error without composing the whole product.
+
+For a single run, ``check`` also says what the run will do with its folder (fresh, resume,
+nothing to do; see ``testbed.app.checkpoint.plan_run``), so that a run that is already finished
+is left untouched.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import fields, is_dataclass
+import tempfile
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from testbed.app.checkpoint import Plan, plan_run
+from testbed.app.run import resolve_device
 from testbed.app.schema import Config, ConfigError, register_configs, validate
+from testbed.data import DataError, load_dataset
+from testbed.data.registry import options as data_options
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -86,17 +97,53 @@ def _unknown_keys(cfg: DictConfig, node: Any = Config, prefix: str = "") -> list
     return unknown
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Schema extras, impossible values, and inputs that must exist (data path)."""
+def check_config(cfg: DictConfig, datasets: dict | None = None) -> None:
+    """Schema extras, impossible values, and inputs that must exist: the data (IDX files are
+    loaded; ``datasets`` caches what was loaded) and the device."""
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     for key in _unknown_keys(plain):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         raise ConfigError(f"unknown key '{key}'; allowed keys{' under ' + parent if parent else ''}: "
                           + ", ".join(schema_keys(parent)))
     validate(cfg)
-    if str(cfg.data.name) == "idx" and not Path(cfg.data.path).exists():
-        raise ConfigError(f"data.path='{cfg.data.path}' does not exist; data.path must be the folder "
-                          "holding the IDX files")
+    name = str(cfg.data.name)
+    allowed = data_options(name)
+    unknown = sorted(set(cfg.data.options) - set(allowed) - {"path"})
+    if unknown:
+        raise ConfigError(f"unknown key 'data.options.{unknown[0]}' for data={name}; allowed: "
+                          + (", ".join(k for k in allowed if k != "path") or "none"))
+    if name == "idx":
+        if not Path(cfg.data.path).exists():
+            raise ConfigError(f"data.path='{cfg.data.path}' does not exist; data.path must be the folder "
+                              "holding the IDX files")
+        options = {**OmegaConf.to_container(cfg.data.options, resolve=True), "path": cfg.data.path}
+        key = repr(sorted(options.items()))
+        if datasets is None or key not in datasets:
+            try:
+                load_dataset(name, seed=cfg.data.seed, **options)
+            except DataError as error:
+                raise ConfigError(f"data.path='{cfg.data.path}': {error}") from None
+            if datasets is not None:
+                datasets[key] = True
+    if str(cfg.device) == "cuda":
+        resolve_device("cuda")
+
+
+def check_writable(key: str, folder: str | Path) -> None:
+    """The output folder, or the nearest existing folder above it, must take a new file."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}='{folder}' is not writable: {probe} is not a folder; "
+                          f"{key} must be a folder you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{key}='{folder}' is not writable ({probe}: {error.strerror}); "
+                          f"{key} must be a folder you can write to") from None
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:
@@ -115,35 +162,61 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
-def preflight(overrides: list[str]) -> int:
-    """Compose and check every configuration the command line names; returns how many."""
+@dataclass
+class Checked:
+    count: int  # configurations checked
+    run_dir: Path | None = None  # a single run: its output folder
+    plan: Plan | None = None  # a single run: fresh, resume or skip
+
+
+def check(overrides: list[str], multirun: bool = False) -> Checked:
+    """Compose and check every configuration the command line names; ConfigError if one fails."""
     register_configs()
     GlobalHydra.instance().clear()
-    checked = 0
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        queue = _expand(overrides)
-        seen_sweeper = False
-        while queue:
-            variant = queue.pop(0)
-            try:
-                cfg = compose("config", overrides=variant, return_hydra_config=True)
-            except ConfigError:
-                raise
-            except Exception as error:
-                raise ConfigError(explain(error)) from None
-            try:
-                check_config(cfg)
-            except ConfigError:
-                raise
-            except Exception as error:
-                raise ConfigError(explain(error)) from None
-            checked += 1
-            # sweeps that an experiment preset declares in hydra.sweeper.params
-            params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-            if not seen_sweeper and params:
-                seen_sweeper = True
-                command_keys = {o.split("=", 1)[0].lstrip("+~") for o in variant}
-                declared = [f"{k}={v}" for k, v in params.items() if k not in command_keys]
-                queue += [variant + extra for extra in _expand(declared)]
-    GlobalHydra.instance().clear()
+    checked = Checked(0)
+    datasets: dict = {}
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            queue = _expand(overrides)
+            seen_sweeper = False
+            while queue:
+                variant = queue.pop(0)
+                try:
+                    cfg = compose("config", overrides=variant, return_hydra_config=True)
+                    check_config(cfg, datasets)
+                except ConfigError:
+                    raise
+                except Exception as error:
+                    raise ConfigError(explain(error)) from None
+                if checked.count == 0:
+                    _check_output(cfg, multirun, checked)
+                checked.count += 1
+                # sweeps that an experiment preset declares in hydra.sweeper.params
+                params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+                if not seen_sweeper and params:
+                    seen_sweeper = True
+                    command_keys = {o.split("=", 1)[0].lstrip("+~") for o in variant}
+                    declared = [f"{k}={v}" for k, v in params.items() if k not in command_keys]
+                    queue += [variant + extra for extra in _expand(declared)]
+    finally:
+        GlobalHydra.instance().clear()
     return checked
+
+
+def _check_output(cfg: DictConfig, multirun: bool, checked: Checked) -> None:
+    """The output folder is writable; a single run learns what it will do with it."""
+    multirun = multirun or OmegaConf.select(cfg, "hydra.mode") == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # interpolations known only inside a job: checked when the job starts
+        return
+    check_writable(key, folder)
+    if not multirun:
+        checked.run_dir = folder
+        checked.plan = plan_run(folder, cfg, multirun=False)
+
+
+def preflight(overrides: list[str], multirun: bool = False) -> int:
+    """Compose and check every configuration the command line names; returns how many."""
+    return check(overrides, multirun).count

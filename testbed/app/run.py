@@ -3,8 +3,10 @@
 The loop takes ``steps`` optimiser steps; at step 0, every ``log_every``
 steps and after the last step it records the per-layer diagnostics of that
 step's minibatch and evaluates on the test split. A loss that is not finite,
-or beyond ``divergence_factor`` times the initial loss, ends the run with
-status ``diverged``: a result, not a crash.
+beyond ``divergence_factor`` times the initial loss, or above ``max_loss``,
+ends the run with status ``diverged``: a result, not a crash. Every
+``checkpoint_every`` steps the whole state goes to ``checkpoint.pt``
+(``testbed.app.checkpoint``), from which ``train(..., resume=...)`` continues.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from testbed.app.checkpoint import CHECKPOINT, FINISHED, rng_state, save_checkpoint, set_rng_state
 from testbed.app.schema import ConfigError
 from testbed.app.trainers import ManualTrainer, TorchTrainer
 from testbed.data import BatchSampler, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import Backend, MLPSpec, init_params
 from testbed.reference.lockstep import relative_error
-from testbed.tracking.files import MetricsFile, atomic_write_bytes, atomic_write_json, atomic_write_text
+from testbed.tracking.files import (
+    MetricsFile,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_metrics,
+)
 
 log = logging.getLogger("testbed")
 
@@ -105,9 +114,23 @@ def _show_progress(cfg: DictConfig) -> bool:
     return bool(cfg.train.progress) and sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
-    """Run one configuration; write config.yaml and metrics.jsonl, return the summary."""
+def _is_divergent(loss: float, initial_loss: float, train_cfg: DictConfig) -> bool:
+    """Not finite, above divergence_factor x max(initial loss, 1), or above max_loss when set."""
+    ceiling = train_cfg.divergence_factor * max(abs(initial_loss), 1.0)
+    if train_cfg.max_loss is not None:
+        ceiling = min(ceiling, train_cfg.max_loss)
+    return not math.isfinite(loss) or loss > ceiling
+
+
+def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) -> dict:
+    """Run one configuration; write config.yaml and metrics.jsonl, return the summary.
+
+    With ``resume`` (a checkpoint from ``testbed.app.checkpoint``) the run continues from it: the
+    state is restored, metrics.jsonl is cut back to its length at the checkpoint, and the finished
+    run's outputs equal those of a run never stopped (bitwise on CPU).
+    """
     started = time.time()
+    run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     device = resolve_device(str(cfg.device))
     options = dict(cfg.data.options)
@@ -121,21 +144,43 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
     primary = trainers[0]
     sampler = BatchSampler(len(dataset.x_train), cfg.data.batch_size, seed=cfg.seed)
     steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.train.save_params:
-        save_params(run_dir / "params_init.npz", primary.params_numpy())
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    checkpoint_every = cfg.train.checkpoint_every
 
     summary = {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers}
     rows: list[dict] = []
     cmp_max = {"cmp/loss_abs_diff": 0.0, "cmp/grad_max_rel_err": 0.0, "cmp/param_max_rel_err": 0.0}
-    initial_loss, last_finite_loss = None, None
-    metrics = MetricsFile(run_dir / "metrics.jsonl")
+    initial_loss, last_finite_loss, wall_before, start = None, None, 0.0, 0
+    if resume is None:
+        # a new run: nothing from an earlier run in this folder may pass for this one's
+        for stale in ("summary.json", CHECKPOINT, "params_final.npz"):
+            (run_dir / stale).unlink(missing_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
+        if cfg.train.save_params:
+            save_params(run_dir / "params_init.npz", primary.params_numpy())
+        metrics = MetricsFile(run_dir / "metrics.jsonl")
+    else:
+        loop = resume["loop"]
+        for trainer, state in zip(trainers, resume["trainers"], strict=True):
+            trainer.load_state_dict(state)
+        sampler.load_state_dict(resume["sampler"])
+        start, summary, cmp_max = loop["step"], dict(loop["summary"]), dict(loop["cmp_max"])
+        initial_loss, last_finite_loss = loop["initial_loss"], loop["last_finite_loss"]
+        wall_before = loop["wall_s"]
+        summary["resumed_from"] = [*summary.get("resumed_from", []), start]
+        metrics = MetricsFile(run_dir / "metrics.jsonl", resume_at=loop["metrics_bytes"])
+        rows = read_metrics(run_dir / "metrics.jsonl", numbers=True)
+        for row in rows:  # a fresh W&B run: give it the history before the checkpoint
+            logger.log(row, row["step"])
+        set_rng_state(resume["rng"])
+        log.info("resumed at step %d of %d", start, steps)
+
     progress = None
     if _show_progress(cfg):
         from tqdm import tqdm
-        progress = tqdm(total=steps, desc="train", unit="step", leave=False)
+        progress = tqdm(total=steps, initial=start, desc="train", unit="step", leave=False)
     try:
-        for step in range(steps + 1):
+        for step in range(start, steps + 1):
             idx = sampler.next()
             log_now = step % cfg.train.log_every == 0 or step == steps
             update = step < steps
@@ -146,10 +191,7 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
                 cmp_max[key] = max(cmp_max[key], value) if math.isfinite(value) else math.inf
 
             initial_loss = loss if initial_loss is None else initial_loss
-            ceiling = cfg.train.divergence_factor * max(abs(initial_loss), 1.0)
-            if cfg.train.max_loss is not None:
-                ceiling = min(ceiling, cfg.train.max_loss)
-            if not math.isfinite(loss) or loss > ceiling:
+            if _is_divergent(loss, initial_loss, cfg.train):
                 summary.update(status="diverged", diverged_at_step=step, last_finite_loss=last_finite_loss,
                                diverged_loss=loss)
                 row = {"step": step, "train/loss": loss, "status": "diverged", **compared}
@@ -175,6 +217,16 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
                 acc_text = f" test acc {test_acc:.3f}" if test_acc is not None else ""
                 log.info("step %5d  loss %.4f  test loss %.4f%s%s", step, loss, test_loss, acc_text,
                          cmp_text)
+            if checkpoint_every and update and (step + 1) % checkpoint_every == 0:
+                save_checkpoint(run_dir, {
+                    "config": config_yaml,
+                    "trainers": [t.state_dict() for t in trainers],
+                    "sampler": sampler.state_dict(),
+                    "rng": rng_state(device),
+                    "loop": {"step": step + 1, "summary": summary, "cmp_max": cmp_max,
+                             "initial_loss": initial_loss, "last_finite_loss": last_finite_loss,
+                             "wall_s": wall_before + time.time() - started, "metrics_bytes": metrics.size},
+                })
             if progress is not None:
                 progress.update(int(update))
     finally:
@@ -202,7 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, logger) -> dict:
                                     for layer in range(1, spec.num_layers + 1)}, title)
             if cfg.logger.get("heatmap", True):
                 logger.log_heatmap(f"heatmap/{key}", matrix, steps_logged, title)
-    summary["wall_s"] = time.time() - started
+    summary["wall_s"] = wall_before + time.time() - started
     return summary
 
 
@@ -213,5 +265,8 @@ def save_params(path: Path, params: dict) -> None:
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    """summary.json: written last, atomically; the only mark of a finished run."""
+    """summary.json: written last, atomically; the only mark of a finished run. A finished run
+    needs its checkpoint no more."""
     atomic_write_json(run_dir / "summary.json", summary)
+    if summary.get("status") in FINISHED:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)

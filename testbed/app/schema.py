@@ -78,8 +78,8 @@ class TrainConfig:
     divergence_factor: float = 1e4  # diverged when loss > factor * max(initial loss, 1)
     max_loss: float | None = None  # an absolute loss ceiling, when set
     progress: bool = True  # a progress bar, only on a terminal and never under CI
-    checkpoint_every: int = 0
-    resume: bool = False
+    checkpoint_every: int = 0  # N > 0: checkpoint.pt every N steps (0: never)
+    resume: bool | None = None  # continue the run in the output folder; null: in sweeps yes, else no
     save_params: bool = False  # params_init.npz and params_final.npz, for analyses after training
 
 

@@ -2,6 +2,8 @@
 
 Each trainer holds its copy of the data, takes a minibatch by indices, and
 after a recorded step exposes the per-layer tensors the diagnostics read.
+``state_dict()``/``load_state_dict()`` give and take back everything a step
+depends on (parameters and optimiser state), bit for bit, for checkpoints.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from testbed.app.checkpoint import map_tensors, to_tensors
 from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer
 from testbed.engine.backend import to_numpy
 from testbed.reference.model import (
@@ -76,6 +79,24 @@ class ManualTrainer(Trainer):
     def named_params(self) -> dict:
         return self.net.params
 
+    def state_dict(self) -> dict:
+        """Parameters, and the optimiser's per-parameter state and step count, as CPU tensors."""
+        return {"params": to_tensors(self.net.params),
+                "optimizer": {"state": to_tensors(self.optimizer.state), "steps": self.optimizer.steps}}
+
+    def load_state_dict(self, state: dict) -> None:
+        def to_backend(t: torch.Tensor):
+            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device)
+
+        for key, param in self.net.params.items():  # in place: whoever holds a parameter keeps it
+            value = state["params"][key]
+            if self.backend.name == "numpy":
+                param[...] = value.numpy()
+            else:
+                param.copy_(value)
+        self.optimizer.state = map_tensors(state["optimizer"]["state"], to_backend)
+        self.optimizer.steps = state["optimizer"]["steps"]
+
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
         x, y = self.data["train"]
         i = self._index(idx)
@@ -123,6 +144,14 @@ class TorchTrainer(Trainer):
 
     def named_params(self) -> dict:
         return {k: v.detach() for k, v in self.params.items()}
+
+    def state_dict(self) -> dict:
+        return {"model": to_tensors(dict(self.model.state_dict())),
+                "optimizer": to_tensors(self.optimizer.state_dict())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])  # copies into the existing parameters
+        self.optimizer.load_state_dict(state["optimizer"])  # moves its state to their device
 
     def _forward_recording(self, x):
         pre_activations, activations = [], []

@@ -59,27 +59,48 @@ def read_json(path: str | Path) -> Any:
 
 
 class MetricsFile:
-    """``metrics.jsonl``: one JSON object per logged step, each written whole and flushed."""
+    """``metrics.jsonl``: one JSON object per logged step, each written whole and flushed.
 
-    def __init__(self, path: str | Path, append: bool = False):
+    ``resume_at`` reopens an existing file and cuts it back to that many bytes (the length it
+    had at a checkpoint), dropping whatever a killed run wrote after it, a partial last line
+    included. ``size`` is the file's length in bytes after the last write.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False, resume_at: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a" if append else "w")  # noqa: SIM115
+        if resume_at is not None:
+            self._handle = open(self.path, "r+b")  # noqa: SIM115
+            self._handle.truncate(resume_at)
+            self._handle.seek(resume_at)
+        else:
+            self._handle = open(self.path, "ab" if append else "wb")  # noqa: SIM115
+        self.size = self._handle.tell()
 
     def write(self, row: dict) -> None:
-        self._handle.write(to_json(row) + "\n")
+        self._handle.write((to_json(row) + "\n").encode())
         self._handle.flush()
+        self.size = self._handle.tell()
 
     def close(self) -> None:
         self._handle.close()
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl; a last line cut short by a kill is ignored."""
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def read_metrics(path: str | Path, numbers: bool = False) -> list[dict]:
+    """The rows of a metrics.jsonl; a last line cut short by a kill is ignored.
+
+    ``numbers=True`` turns the strings "nan", "inf", "-inf" back into floats.
+    """
     rows = []
     for line in Path(path).read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             break
+        if numbers:
+            row = {k: NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in row.items()}
+        rows.append(row)
     return rows
