@@ -11,6 +11,9 @@ to print the table. The relative error of a tensor is ||a - b|| / max(||b||, tin
   central differences contracted with a random upstream gradient, engine alone, numpy float64.
 - ``compare_network``: a whole MLP against the torch.nn reference: loss, every parameter
   gradient, dL/dx and every dL/ds^l (retain_grad on the reference's pre-activations).
+  ``zero_by_symmetry`` marks gradients that vanish exactly (compared as rounding noise);
+  ``condition_numbers`` measures how much float32 rounding each tensor amplifies (Monte Carlo
+  arithmetic on the float64 reference), ``float32_errors`` both sides' float32 error.
 - ``run_trajectory``: ``testbed.reference.Lockstep`` over many optimiser steps on minibatches
   drawn from a fixed synthetic data set.
 
@@ -261,7 +264,8 @@ def compare_op(shapes, torch_fn: Callable, our_op, backend: Backend, *, low: flo
     is_labels = [np.issubdtype(np.asarray(a).dtype, np.integer) for a in extra]
 
     ours = [backend.asarray(a) for a in inputs]
-    ours += [backend.labels(a) if lab else backend.asarray(a) for a, lab in zip(extra, is_labels)]
+    ours += [backend.labels(a) if labels else backend.asarray(a)
+             for a, labels in zip(extra, is_labels, strict=True)]
     theirs = [reference_tensor(a, backend, requires_grad=True) for a in inputs]
     theirs += [reference_tensor(a, backend) for a in extra]
 
@@ -273,10 +277,11 @@ def compare_op(shapes, torch_fn: Callable, our_op, backend: Backend, *, low: flo
     grads = our_op.backward(backend.asarray(upstream), cache)
     reference_output.backward(reference_tensor(upstream, backend))
     assert len(grads) == len(inputs), f"{len(grads)} gradients for {len(inputs)} inputs"
-    for index, (grad, leaf) in enumerate(zip(grads, theirs)):
+    leaves = theirs[: len(inputs)]
+    for index, (grad, leaf) in enumerate(zip(grads, leaves, strict=True)):
         check_like(grad, leaf.grad, backend, f"gradient of input {index}")
     return {"forward": relative_error(output, reference_output),
-            "backward": max(relative_error(g, leaf.grad) for g, leaf in zip(grads, theirs))}
+            "backward": max(relative_error(g, leaf.grad) for g, leaf in zip(grads, leaves, strict=True))}
 
 
 def helper_test_op(shapes, torch_fn: Callable, our_op, backend: Backend, *, low: float = -3.0,
@@ -333,7 +338,7 @@ def finite_difference_errors(case: OpCase, seed: int = 0, eps: float = FD_EPS) -
         return float(np.sum(upstream * case.op.forward(*inputs, *extra)[0]))
 
     return [relative_error(grad, central_differences(objective, array, eps))
-            for grad, array in zip(grads, inputs)]
+            for grad, array in zip(grads, inputs, strict=True)]
 
 
 ACTIVATION_KINKS = {"relu": (0.0,), "leaky_relu": (0.0,), "elu": (0.0,), "selu": (0.0,),
@@ -403,18 +408,26 @@ def engine_network_gradients(spec: MLPSpec, params: dict, x: np.ndarray, target:
 
 
 def reference_network_gradients(spec: MLPSpec, params: dict, x: np.ndarray, target: np.ndarray,
-                                backend: Backend) -> dict[str, torch.Tensor]:
+                                backend: Backend, jitter: Callable | None = None) -> dict[str, torch.Tensor]:
     """The same from the torch.nn reference (autograd), on the backend's device and dtype;
-    dL/ds^l through retain_grad on every Linear's output."""
+    dL/ds^l through retain_grad on every Linear's output. ``jitter``, if given, perturbs every
+    intermediate result, forward and backward (see ``condition_numbers``)."""
     device = backend.device if backend.name == "torch" else "cpu"
     model = build_torch_mlp(spec, params, device=device, dtype=backend.dtype)
     pre_activations: list[torch.Tensor] = []
 
+    def perturb(module, inputs, out):
+        out = jitter(out)
+        out.register_hook(jitter)  # the gradient flowing into this output
+        return out
+
     def keep_pre_activation(module, inputs, out):
-        out.retain_grad()
+        out.retain_grad()  # retain_grad hooks run after the others: it keeps the perturbed grad
         pre_activations.append(out)
 
     for module in model:
+        if jitter is not None:
+            module.register_forward_hook(perturb)
         if isinstance(module, nn.Linear):
             module.register_forward_hook(keep_pre_activation)
     x = reference_tensor(x, backend, requires_grad=True)
@@ -426,6 +439,9 @@ def reference_network_gradients(spec: MLPSpec, params: dict, x: np.ndarray, targ
     found["dx"] = x.grad
     assert len(pre_activations) == spec.num_layers
     found |= {f"ds{layer}": s.grad for layer, s in enumerate(pre_activations, start=1)}
+    if jitter is not None:
+        found = {k: jitter(v) if k.startswith("d") and not k.startswith("ds") else v
+                 for k, v in found.items()}
     return found
 
 
@@ -450,20 +466,48 @@ def compare_network(spec: MLPSpec, backend: Backend, seed: int = 0, batch: int =
     return {key: relative_error(ours[key], theirs[key]) for key in theirs}
 
 
-def network_float32_accuracy(spec: MLPSpec, backend: Backend, seed: int = 0,
-                             batch: int = 5) -> dict[str, tuple[float, float]]:
-    """For each quantity: (relative error of the engine in float32, relative error of torch in
-    float32), both measured against torch in float64 on the same float32-rounded data.
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
-    Two float32 implementations cannot agree better than each agrees with the exact result,
-    and a gradient that is a sum with cancellation (db = sum over the batch of dL/ds, with
-    vanishing signals) carries a float32 error of (condition number) x 6e-8 in *any*
-    implementation: the right question in float32 is whether the engine is as accurate as torch.
+
+def condition_numbers(spec: MLPSpec, seed: int = 0, batch: int = 5, device: str = "cpu",
+                      draws: int = 3) -> dict[str, float]:
+    """How much float32 rounding can move each quantity, in units of the roundoff 2^-24.
+
+    Monte Carlo arithmetic: the torch reference is rerun in float64 with every intermediate
+    result perturbed by an independent relative error uniform in [-2^-24, 2^-24], the size of
+    one float32 rounding: every pre-activation and activation (forward hooks), every gradient
+    flowing into them (tensor hooks), every parameter gradient and dL/dx. Its own float64
+    rounding is negligible next to that, so kappa = max over ``draws`` of (relative change /
+    2^-24), at least 1, is the factor by which float32 rounding is amplified in *any*
+    implementation, torch's included: a gradient that is a sum with cancellation (db = the sum
+    over the batch of dL/ds when the signal has nearly vanished) has kappa in the hundreds.
     """
+    params = init_params(spec, seed)
+    x, target = network_data(spec, np.random.default_rng(seed + 1), batch)
+    backend = Backend("torch", "float64", device)
+    exact = reference_network_gradients(spec, params, x, target, backend)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def jitter(t: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype) * 2 - 1
+        return t * (1 + FLOAT32_UNIT_ROUNDOFF * noise)
+
+    kappa = dict.fromkeys(exact, 1.0)
+    for _ in range(draws):
+        perturbed = reference_network_gradients(spec, params, x, target, backend, jitter=jitter)
+        for key in exact:
+            change = relative_error(perturbed[key], exact[key]) / FLOAT32_UNIT_ROUNDOFF
+            kappa[key] = max(kappa[key], change)
+    return kappa
+
+
+def float32_errors(spec: MLPSpec, backend: Backend, seed: int = 0,
+                   batch: int = 5) -> dict[str, tuple[float, float]]:
+    """For each quantity: (relative error of the engine in float32, relative error of torch in
+    float32), both against torch in float64 on the same float32-rounded weights and data."""
     assert backend.dtype == "float32"
     params = init_params(spec, seed)
     x, target = network_data(spec, np.random.default_rng(seed + 1), batch)
-    # the float64 reference sees exactly the float32 weights and inputs
     params = {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
     x = x.astype(np.float32).astype(np.float64)
     if spec.loss != "cross_entropy":
@@ -471,9 +515,8 @@ def network_float32_accuracy(spec: MLPSpec, backend: Backend, seed: int = 0,
     ours = engine_network_gradients(spec, params, x, target, backend)
     theirs = reference_network_gradients(spec, params, x, target, Backend("torch", "float32", backend.device))
     exact = reference_network_gradients(spec, params, x, target, Backend("torch", "float64", backend.device))
-    skip = set(below_output_layer(spec)) if zero_by_symmetry(spec) else set()
     return {key: (relative_error(ours[key], exact[key]), relative_error(theirs[key], exact[key]))
-            for key in exact if key not in skip}
+            for key in exact}
 
 
 SYMMETRY_ULPS = 16
@@ -493,7 +536,8 @@ def zero_by_symmetry(spec: MLPSpec) -> bool:
 
 def below_output_layer(spec: MLPSpec) -> list[str]:
     layers = range(1, spec.num_layers)
-    return [f"d{kind}{layer}" for layer in layers for kind in "Wb"] + [f"ds{layer}" for layer in layers] + ["dx"]
+    return ([f"d{kind}{layer}" for layer in layers for kind in "Wb"]
+            + [f"ds{layer}" for layer in layers] + ["dx"])
 
 
 # ---------------------------------------------------------------------------------------------

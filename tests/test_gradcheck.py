@@ -75,7 +75,7 @@ class EngineMLPLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, target, x, *params):
-        mlp = MLP(spec, {k: p.detach() for k, p in zip(spec.param_keys(), params)})
+        mlp = MLP(spec, {k: p.detach() for k, p in zip(spec.param_keys(), params, strict=True)})
         loss, _ = mlp.loss_and_grads(x.detach(), target, input_grad=True)
         ctx.grads = [mlp.input_grad] + [mlp.grads[k] for k in spec.param_keys()]
         return loss

@@ -55,7 +55,7 @@ def test_network_gradients_match_torch(activation, loss, backend):
 def test_every_quantity_is_compared():
     errors = compare_network(network_spec("tanh", "xavier_uniform", "mse", 3), Backend("numpy", "float64"))
     layers = range(1, 5)
-    expected = {"loss", "output", "dx"} | {f"{kind}{layer}" for layer in layers for kind in ("dW", "db", "ds")}
+    expected = {"loss", "output", "dx"} | {f"{kind}{n}" for n in layers for kind in ("dW", "db", "ds")}
     assert set(errors) == expected
 
 

@@ -74,7 +74,7 @@ def test_bce_with_logits_is_accurate_where_the_loss_is_tiny(backend, side):
     rounded = np.asarray(backend.asarray(logits).tolist(), dtype=np.float64)  # what the engine saw
     with mpmath.workdps(50):
         exact = mpmath.fsum((1 - y) * mpmath.mpf(z) + mpmath.log1p(mpmath.exp(-mpmath.mpf(z)))
-                            for z, y in zip(rounded.ravel(), target.ravel())) / logits.size
+                            for z, y in zip(rounded.ravel(), target.ravel(), strict=True)) / logits.size
     # a few roundings of the dtype on the sum of positive terms: no cancellation is left
     assert abs(float(ours) - float(exact)) <= 16 * np.finfo(backend.dtype).eps * float(exact)
 

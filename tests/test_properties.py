@@ -1,38 +1,49 @@
 """Property-based: for any network, the engine's gradients equal torch's (hypothesis).
 
 Random input and output sizes, depths (0, a linear model, included), widths (1 included), batch
-sizes (1 included), activations, weight and bias inits, losses, backends, devices and dtypes; the
-loss, output, every parameter gradient, dL/dx and every dL/ds^l are compared with the torch.nn
-reference (``helpers.compare_network``).
+sizes (1 included), activations, weight inits and scales, bias inits, losses, backends, devices
+and dtypes; the loss, output, every parameter gradient, dL/dx and every dL/ds^l are compared
+with the torch.nn reference (``helpers.compare_network``), per tensor.
 
-float64: relative error <= 1e-10. float32: relative error <= 1e-5, or, where the comparison is
-ill-conditioned, the engine is as accurate as torch itself. Two float32 implementations cannot
-agree better than each agrees with the exact result, and a gradient that is a sum with
-cancellation (db = sum over the batch of dL/ds when the signal has vanished) carries an error of
-condition number x 6e-8 in any implementation, torch's included: there the check is that the
-engine's error against a float64 reference is at most ``FLOAT32_ACCURACY_FACTOR`` times torch's
-own float32 error against it (or within 1e-5), see ``helpers.network_float32_accuracy``.
+float64: relative error <= 1e-10.
+
+float32: relative error <= 1e-5 x kappa, kappa >= 1 the tensor's measured amplification of
+float32 rounding (``helpers.condition_numbers``: Monte Carlo arithmetic on the float64
+reference). For a well-conditioned tensor kappa ~ 1 and the bound is the op tolerance 1e-5.
+But two float32 implementations can only agree as well as each agrees with the exact result,
+and a gradient that is a sum with cancellation (db = the sum over the batch of dL/ds once the
+signal has nearly vanished, hypothesis finds such nets quickly) is off by kappa x 6e-8 in any
+implementation, torch's included: one ulp of difference in dL/ds becomes 3e-5 in db at
+kappa ~ 500. The tolerance scales with the physics, not with the engine.
+
+Monte Carlo arithmetic perturbs the results of whole ops; it cannot see a cancellation inside
+one op's formula. Torch's exact gelu derivative Phi(s) + s phi(s) computes Phi(s) as
+(1 + erf(s / sqrt 2)) / 2, which in float32 has no correct digit below s ~ -5 (erf rounds to
+-1 + one ulp); torch and the engine both follow that formula and both are ~1% off there, in
+different directions. So a float32 tensor that fails the first bound passes if the engine's
+error against the float64 reference is at most ``AS_ACCURATE_AS_TORCH`` times torch's own.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from helpers import (
     NETWORK_TOL,
     backend_id,
     backends,
     compare_network,
+    condition_numbers,
     device_params,
-    network_float32_accuracy,
+    float32_errors,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from testbed.engine import ACTIVATIONS, BIAS_INITS, LOSSES, WEIGHT_INITS, MLPSpec
 
-# the engine's float32 error may exceed torch's by this factor (different summation orders give
-# errors of the same size, not the same errors)
-FLOAT32_ACCURACY_FACTOR = 4.0
+# the engine's float32 error against float64 may exceed torch's own by this factor: different
+# roundings of the same ill-conditioned formula give errors of the same size, not the same errors
+AS_ACCURATE_AS_TORCH = 4.0
 # Random biases only. With zero biases and weights that make every logit equal (zeros or
 # constant weights, or a dead relu layer), the cross-entropy gradient of the output bias is the
 # batch mean of 1/C - onehot(y): exactly zero when the labels are balanced, a zero by
@@ -75,7 +86,10 @@ def test_network_gradients_equal_the_reference(device, case, data):
     errors = compare_network(spec, backend, seed=seed, batch=batch)
     off = {key: err for key, err in errors.items() if err > tol}
     if off and backend.dtype == "float32":
-        accuracy = network_float32_accuracy(spec, backend, seed=seed, batch=batch)
-        off = {key: accuracy[key] for key in off
-               if accuracy[key][0] > max(tol, FLOAT32_ACCURACY_FACTOR * accuracy[key][1])}
+        kappa = condition_numbers(spec, seed=seed, batch=batch, device=backend.device)
+        off = {key: err for key, err in off.items() if err > tol * kappa[key]}
+    if off and backend.dtype == "float32":
+        against_float64 = float32_errors(spec, backend, seed=seed, batch=batch)
+        off = {key: (err, kappa[key], *against_float64[key]) for key, err in off.items()
+               if against_float64[key][0] > AS_ACCURATE_AS_TORCH * against_float64[key][1]}
     assert not off, f"{backend_id(backend)} {spec} batch {batch} seed {seed}: {off}"

@@ -8,8 +8,8 @@ backends), <= 1e-4 in float32 (torch backend). Every optimiser: sgd plain, with 
 dampening, nesterov; adam, adam with L2, adamw; rmsprop plain, centered, with momentum; adagrad
 with lr decay; weight decay, gradient clipping (``clip_norm``, checked to be active), high but
 stable learning rates, and every optimiser with its default hyperparameters (apart from lr,
-which Lockstep passes on, each side falls back to its own: these catch a default that differs). Every run must also train:
-the loss on the whole data set goes down, and stays finite.
+which Lockstep passes on, each side falls back to its own: these catch a default that
+differs). Every run must also train: the loss on the whole data set goes down, and stays finite.
 
 Why no chaotic settings. Lockstep equality rests on the two implementations differing by
 rounding only (~1e-16 per step in float64). Whether that stays small is a property of the

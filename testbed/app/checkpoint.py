@@ -110,8 +110,9 @@ def set_rng_state(state: dict) -> None:
 
 def config_dict(cfg: DictConfig | str) -> dict:
     """A resolved config (or its YAML) as plain data, without the keys that cannot change numbers."""
-    data = yaml.safe_load(cfg if isinstance(cfg, str) else OmegaConf.to_yaml(cfg, resolve=True)) or {}
-    data.pop("hydra", None)
+    if not isinstance(cfg, str):  # the hydra node resolves only inside a job: leave it out
+        cfg = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    data = yaml.safe_load(cfg) or {}
     for dotted in IGNORED_KEYS:
         *parents, last = dotted.split(".")
         node = data

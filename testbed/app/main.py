@@ -57,7 +57,7 @@ def app(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    who = f"job {hc.job.num} ({hc.job.override_dirname or 'no overrides'})" if multirun else str(run_dir)
+    who = f"job {hc.job.num}" if multirun else str(run_dir)  # Hydra lists each job's overrides
     try:
         plan = plan_run(run_dir, cfg, multirun)
     except ConfigError as error:  # resuming a folder that holds another config (a single run)

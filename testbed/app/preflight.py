@@ -56,6 +56,9 @@ def explain(error: BaseException, override: str | None = None) -> str:
         text = str(e).split("\n")[0]
         if key and "not in" in text:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
+            if _is_free_form(parent):
+                return (f"'{key}' is new under {parent}, which takes new keys only with a leading '+': "
+                        f"+{key}=VALUE or +{parent}={{...}}")
             return f"unknown key '{key}'; allowed keys{' under ' + parent if parent else ''}: " + ", ".join(
                 schema_keys(parent))
         if key and text.startswith("Invalid value"):
@@ -76,11 +79,27 @@ def explain(error: BaseException, override: str | None = None) -> str:
     return _one_line(message)
 
 
-def schema_keys(path: str) -> list[str]:
+def _schema_node(path: str) -> Any:
+    """The dataclass (or dict, list) the schema has at a dotted path; None if it has none."""
     node: Any = Config
     for part in filter(None, path.split(".")):
-        node = {f.name: f for f in fields(node)}[part].default_factory
+        if not is_dataclass(node):
+            return None
+        field = {f.name: f for f in fields(node)}.get(part)
+        if field is None:
+            return None
+        node = field.default_factory
+    return node
+
+
+def schema_keys(path: str) -> list[str]:
+    node = _schema_node(path)
     return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _is_free_form(path: str) -> bool:
+    """A dict field of the schema (data.options, model.init_params, ...): any keys, added with '+'."""
+    return bool(path) and _schema_node(path) is dict
 
 
 def _unknown_keys(cfg: DictConfig, node: Any = Config, prefix: str = "") -> list[str]:
@@ -149,10 +168,16 @@ def check_writable(key: str, folder: str | Path) -> None:
 def _expand(overrides: list[str]) -> list[list[str]]:
     """The fixed overrides, then the fixed overrides plus each swept value alone."""
     parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(overrides)
-    except Exception as error:  # a syntax error in an override
-        raise ConfigError(_one_line(str(error))) from None
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as error:  # a syntax error in an override
+            reason = _one_line(str(error)).split(" See https://", 1)[0]
+            raise ConfigError(f"'{override}' is not a valid override ({reason}); overrides are "
+                              "key=value, e.g. model.depth=3 or model.depth=1,2,3") from None
+        if not parsed[-1].key_or_group:
+            raise ConfigError(f"'{override}' names no key; overrides are key=value, e.g. model.depth=3")
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     variants = [fixed]
     for override in parsed:

@@ -151,6 +151,8 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
     rows: list[dict] = []
     cmp_max = {"cmp/loss_abs_diff": 0.0, "cmp/grad_max_rel_err": 0.0, "cmp/param_max_rel_err": 0.0}
     initial_loss, last_finite_loss, wall_before, start = None, None, 0.0, 0
+    for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
+        leftover.unlink(missing_ok=True)
     if resume is None:
         # a new run: nothing from an earlier run in this folder may pass for this one's
         for stale in ("summary.json", CHECKPOINT, "params_final.npz"):
