@@ -83,7 +83,7 @@ def _finite_numbers(row: dict) -> bool:
     return all(math.isfinite(v) for v in row.values() if isinstance(v, float))
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=30)
 @given(overrides=valid_overrides())
 def test_valid_configs_train_or_diverge_on_record(overrides, tmp_path_factory):
     assert preflight(overrides) == 1, overrides
@@ -96,7 +96,8 @@ def test_valid_configs_train_or_diverge_on_record(overrides, tmp_path_factory):
     if summary["status"] == "completed":
         assert summary["steps"] == cfg.train.steps
         assert all(_finite_numbers(row) for row in rows), (overrides, rows)
-        assert all(math.isfinite(v) for k, v in summary.items() if k.startswith("final/")), (overrides, summary)
+        finals = {k: v for k, v in summary.items() if k.startswith("final/")}
+        assert all(math.isfinite(v) for v in finals.values()), (overrides, summary)
     else:
         assert 0 <= summary["diverged_at_step"] <= cfg.train.steps
         assert summary["last_finite_loss"] is None or math.isfinite(summary["last_finite_loss"])
@@ -109,10 +110,12 @@ KEYS = ["seed", "device", "model.depth", "model.width", "model.activation", "mod
         "train.max_loss", "engine", "engine.backend", "logger"]
 BAD_VALUES = ["-1", "-0.5", "0", "nan", "inf", "-inf", "abc", "1.5e999", "[1,2", "{a:1}", "[]", "null", "''",
               "true", "sigmod", "1e-400", "2**8", "${oops}", "ümlaut", "3 4"]
-NEVER_VALID = {"seed": ["-1", "nan", "abc", "{a:1}", "[]", "null"], "optim.lr": ["-1", "0", "nan", "inf", "abc"],
-               "model.width": ["-1", "0", "nan", "abc", "null"], "model.depth": ["-1", "-0.5", "abc"],
-               "train.log_every": ["0", "-1", "abc"], "model.activation": ["sigmod", "abc", "0"],
-               "engine": ["abc", "sigmod"], "data": ["abc", "sigmod"]}
+NEVER_VALID = {
+    "seed": ["-1", "nan", "abc", "{a:1}", "[]", "null"], "optim.lr": ["-1", "0", "nan", "inf", "abc"],
+    "model.width": ["-1", "0", "nan", "abc", "null"], "model.depth": ["-1", "-0.5", "abc"],
+    "train.log_every": ["0", "-1", "abc"], "model.activation": ["sigmod", "abc", "0"],
+    "engine": ["abc", "sigmod"], "data": ["abc", "sigmod"],
+}
 
 
 def _check_clean(overrides: list[str]) -> ConfigError | None:
@@ -126,7 +129,7 @@ def _check_clean(overrides: list[str]) -> ConfigError | None:
     return None
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=80)
 @given(key=st.sampled_from(KEYS), value=st.sampled_from(BAD_VALUES) | st.text(max_size=12))
 def test_bad_values_get_a_clean_error(key, value):
     error = _check_clean([f"{key}={value}"])
@@ -135,14 +138,14 @@ def test_bad_values_get_a_clean_error(key, value):
         assert error is not None, f"{key}={value} was accepted"
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(junk=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=3))
 def test_junk_overrides_get_a_clean_error(junk):
     error = _check_clean(junk)
     FUZZ_COUNTS["invalid/junk" + ("/accepted" if error is None else "")] += 1
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(section=st.sampled_from(["", "model.", "data.", "optim.", "train.", "engine.", "logger."]),
        name=st.from_regex(r"[a-z_]{1,10}", fullmatch=True), plus=st.booleans())
 def test_unknown_keys_get_a_clean_error(section, name, plus):

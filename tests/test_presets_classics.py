@@ -57,7 +57,8 @@ def test_finite_difference_hvp_of_a_quadratic_is_exact():
 
 def test_finite_difference_hvp_of_an_mlp_matches_torch_double_backward():
     data = load_dataset("blobs", seed=0, n_train=40)
-    spec = MLPSpec(data.in_features, data.out_features, depth=2, width=7, activation="tanh", loss="cross_entropy")
+    spec = MLPSpec(data.in_features, data.out_features, depth=2, width=7, activation="tanh",
+                   loss="cross_entropy")
     params = init_params(spec, seed=3)
     theta, loss_and_grad = gradient_function(spec, params, data.x_train, data.y_train)
     v = np.random.default_rng(1).standard_normal(theta.size)
@@ -65,7 +66,8 @@ def test_finite_difference_hvp_of_an_mlp_matches_torch_double_backward():
 
     model = build_torch_mlp(spec, params, dtype="float64")
     weights = list(model.parameters())
-    loss = build_torch_loss("cross_entropy")(model(torch.as_tensor(data.x_train)), torch.as_tensor(data.y_train))
+    output = model(torch.as_tensor(data.x_train))
+    loss = build_torch_loss("cross_entropy")(output, torch.as_tensor(data.y_train))
     grads = torch.autograd.grad(loss, weights, create_graph=True)
     keys = spec.param_keys()
     v_parts = unflatten(v, params, keys)
@@ -199,8 +201,9 @@ def test_sweep_presets_smoke(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     procs = {}
     for name in SWEEP_PRESETS:
-        command = [sys.executable, "-m", "testbed", f"+experiment={name}", "logger=none", "train.progress=false",
-                   f"hydra.sweep.dir={tmp_path / name}", *load_preset(name).SMOKE, "-m"]
+        command = [sys.executable, "-m", "testbed", f"+experiment={name}", "logger=none",
+                   "train.progress=false", f"hydra.sweep.dir={tmp_path / name}", *load_preset(name).SMOKE,
+                   "-m"]
         procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
     for name, proc in procs.items():
@@ -209,7 +212,8 @@ def test_sweep_presets_smoke(tmp_path):
     for name in SWEEP_PRESETS:
         runs = load_sweep(tmp_path / name)
         assert runs and all(r.status == "completed" for r in runs), name
-        _check_claims(name, load_preset(name).analyse(runs, tmp_path / "figures", smoke=True), tmp_path / "figures")
+        claims = load_preset(name).analyse(runs, tmp_path / "figures", smoke=True)
+        _check_claims(name, claims, tmp_path / "figures")
 
 
 def test_claims_are_registered_before_running():

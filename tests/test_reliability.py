@@ -17,8 +17,10 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +41,35 @@ from testbed.tracking.wandb_logger import NullLogger
 FAST = ["train.log_every=3", "model.width=16", "train.progress=false", "logger=none"]
 
 
-def run_app(*args: str, cwd: Path, **popen) -> subprocess.Popen | subprocess.CompletedProcess:
-    """``python -m testbed ARGS``: finished (CompletedProcess), or started (Popen) with ``popen=True``."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1",
-           "TESTBED_CACHE": str(cwd / "cache")}
-    command = [sys.executable, "-m", "testbed", *args]
-    if popen.pop("popen", False):
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, **popen)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _env(cwd: Path) -> dict:
+    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1",
+            "TESTBED_CACHE": str(cwd / "cache")}
+
+
+def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m testbed ARGS``, to the end."""
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=_env(cwd),
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_apps(*commands: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Several ``python -m testbed`` at once (they are mostly start-up time)."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_app(*args, cwd=cwd), commands))
+
+
+def start_app(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python -m testbed ARGS`` in the background; its output goes to a file (``output(proc)``)."""
+    out = tempfile.TemporaryFile("w+", dir=cwd)
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", *args], cwd=cwd, env=_env(cwd), stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.output_file = out
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    proc.output_file.seek(0)
+    return proc.output_file.read()
 
 
 def compose_config(*overrides: str):
@@ -64,7 +86,7 @@ def wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float 
     """Poll metrics.jsonl until a row with ``step`` or later is there; returns the last step seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the run ended before step {step}:\n{proc.stdout.read()[-2000:]}"
+        assert proc.poll() is None, f"the run ended before step {step}:\n{output(proc)[-2000:]}"
         if path.exists():
             rows = read_metrics(path)
             if rows and rows[-1]["step"] >= step:
@@ -76,7 +98,7 @@ def wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float 
 def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    proc.stdout.close()
+    proc.output_file.close()
 
 
 def params_equal_bitwise(a: Path, b: Path) -> bool:
@@ -89,14 +111,13 @@ def params_equal_bitwise(a: Path, b: Path) -> bool:
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     args = [*FAST, "engine=manual", "train.steps=200", "train.checkpoint_every=5", "train.save_params=true"]
-    reference = tmp_path / "uninterrupted"
-    assert run_app(*args, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
-
-    killed = tmp_path / "killed"
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    uninterrupted = start_app(*args, f"hydra.run.dir={reference}", cwd=tmp_path)
     at = random.Random(20240611).randint(7, 60)  # past the first checkpoint (after step 5)
-    proc = run_app(*args, f"hydra.run.dir={killed}", cwd=tmp_path, popen=True)
+    proc = start_app(*args, f"hydra.run.dir={killed}", cwd=tmp_path)
     wait_for_step(killed / "metrics.jsonl", at, proc)
     kill(proc)
+    assert uninterrupted.wait(timeout=300) == 0, output(uninterrupted)
 
     # killed: every reader sees an unfinished run, and the checkpoint is whole
     assert not (killed / "summary.json").exists()
@@ -142,8 +163,8 @@ class KillAt(NullLogger):
     ["engine=manual", "engine.backend=numpy", "optim=adam", "model.dtype=float32"],
     ["engine=manual", "engine.backend=torch", "optim=adagrad", "optim.weight_decay=0.01"],
     ["engine=torch", "optim=rmsprop", "optim.centered=true", "optim.momentum=0.5", "data=blobs"],
-    ["engine=both", "optim=adamw", "optim.clip_norm=0.5", "train.epochs=3", "data=blobs", "data.batch_size=100",
-     "model.depth=0"],
+    ["engine=both", "optim=adamw", "optim.clip_norm=0.5", "train.epochs=3", "data=blobs",
+     "data.batch_size=100", "model.depth=0"],
 ], ids=["both-nesterov", "manual-numpy-adam-f32", "manual-torch-adagrad", "torch-rmsprop", "both-adamw-clip"])
 def test_resume_in_process_is_bitwise_identical(tmp_path, overrides):
     cfg = compose_config("train.steps=30", "train.log_every=4", "model.width=8", "train.checkpoint_every=5",
@@ -251,7 +272,7 @@ def test_sweep_rerun_skips_finished_resumes_killed_runs_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "engine=manual", "train.steps=150", "train.checkpoint_every=5", "seed=0,1,2",
             f"hydra.sweep.dir={sweep}"]
-    proc = run_app(*args, cwd=tmp_path, popen=True)
+    proc = start_app(*args, cwd=tmp_path)
     wait_for_step(sweep / "1" / "metrics.jsonl", random.Random(7).randint(7, 40), proc)
     kill(proc)
     assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
@@ -260,8 +281,10 @@ def test_sweep_rerun_skips_finished_resumes_killed_runs_the_rest(tmp_path):
     outputs = ("config.yaml", "metrics.jsonl", "summary.json")  # Hydra appends to main.log
     finished = {name: (sweep / "0" / name).stat().st_mtime_ns for name in outputs}
 
-    rerun = run_app(*args, cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.stderr
+    single = tmp_path / "single"
+    same_alone = [*FAST, "engine=manual", "train.steps=150", "seed=1", f"hydra.run.dir={single}"]
+    rerun, alone = run_apps(args, same_alone, cwd=tmp_path)
+    assert rerun.returncode == 0 and alone.returncode == 0, rerun.stderr + alone.stderr
     log = rerun.stdout + rerun.stderr
     assert "job 0: already completed: nothing to do" in log
     assert "job 1: incomplete: resuming from the checkpoint at step" in log
@@ -272,9 +295,6 @@ def test_sweep_rerun_skips_finished_resumes_killed_runs_the_rest(tmp_path):
     assert "resumed_from" in summaries[1] and "resumed_from" not in summaries[2]
 
     # job 1 equals the same run never stopped
-    single = tmp_path / "single"
-    assert run_app(*FAST, "engine=manual", "train.steps=150", "seed=1", f"hydra.run.dir={single}",
-                   cwd=tmp_path).returncode == 0
     assert (sweep / "1" / "metrics.jsonl").read_bytes() == (single / "metrics.jsonl").read_bytes()
 
 
@@ -285,14 +305,13 @@ def test_submitit_preemption_requeues_into_the_same_folder_and_resumes(tmp_path)
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "engine=manual", "train.steps=300", "train.checkpoint_every=5", "seed=0",
             "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"]
-    proc = run_app(*args, cwd=tmp_path, popen=True)
+    proc = start_app(*args, cwd=tmp_path)
     wait_for_step(sweep / "0" / "metrics.jsonl", 20, proc)
     tasks = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
              if _cmdline(pid).count("submitit.core._submit") and str(sweep) in _cmdline(pid)]
     assert len(tasks) == 1, tasks
     os.kill(tasks[0], signal.SIGUSR2)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.wait(timeout=300) == 0, output(proc)[-3000:]
     summary = json.loads((sweep / "0" / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["resumed_from"]) == 1
     single = tmp_path / "single"
@@ -422,13 +441,12 @@ def test_bad_input_from_the_command_line_exits_2_and_writes_nothing(tmp_path, id
              ["-m", f"hydra.sweep.dir={not_writable}", "seed=0,1"]]
     if not torch.cuda.is_available():
         cases.append(["device=cuda"])
-    for args in cases:
-        run_dir = tmp_path / "run"
-        proc = run_app(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    for proc in run_apps(*[[*args, f"hydra.run.dir={run_dir}"] for args in cases], cwd=tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("testbed: error: ")
-        assert not run_dir.exists() and not not_writable.parent.is_dir()
+    assert not run_dir.exists() and not not_writable.parent.is_dir()
 
 
 # -- W&B, determinism, atomic files ----------------------------------------------------------------------
@@ -462,13 +480,10 @@ def test_wandb_crash_mid_run_loses_no_local_metrics(tmp_path):
 
 def test_same_seed_same_bytes_across_processes_side_by_side(tmp_path):
     """engine=both: the hand-written engine on torch arrays and the torch reference, two processes."""
-    outputs = []
-    for name in ("a", "b"):
-        run_dir = tmp_path / name
-        proc = run_app(*FAST, "train.steps=9", "optim=adam", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        outputs.append((run_dir / "metrics.jsonl").read_bytes())
-    assert outputs[0] == outputs[1]
+    runs = run_apps(*[[*FAST, "train.steps=9", "optim=adam", f"hydra.run.dir={tmp_path / name}"]
+                      for name in ("a", "b")], cwd=tmp_path)
+    assert all(proc.returncode == 0 for proc in runs), [proc.stderr for proc in runs]
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
 
 
 def test_atomic_write_leaves_the_old_file_or_the_new_never_half(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from testbed.app import schema
 from testbed.app.checkpoint import Plan, plan_run
 from testbed.app.run import resolve_device
 from testbed.app.schema import Config, ConfigError, register_configs, validate
@@ -61,14 +62,24 @@ def explain(error: BaseException, override: str | None = None) -> str:
                         f"+{key}=VALUE or +{parent}={{...}}")
             return f"unknown key '{key}'; allowed keys{' under ' + parent if parent else ''}: " + ", ".join(
                 schema_keys(parent))
-        if key and text.startswith("Invalid value"):
-            value = text.split("'")[1]
-            allowed = text.split("expected one of", 1)[1].strip(" []")
-            return f"{key}='{value}' is not allowed; allowed: {allowed}"
-        if key and "could not be converted to" in text:
-            value = text.split("'")[1]
-            kind = text.rsplit(" ", 1)[-1].lower()
+        if not key:
+            continue
+        invalid = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", text)
+        if invalid:
+            return f"{key}='{invalid.group(1)}' is not allowed; allowed: {invalid.group(2)}"
+        converted = re.match(r"Value '(.*)' of type '.*' could not be converted to (\w+)", text)
+        if converted:
+            value, kind = converted.group(1), converted.group(2).lower()
             return f"{key}='{value}' is not allowed; {key} must be of type {kind}"
+        enum = re.search(r"Value (.*) \(\w+\) is not a valid input for <enum '(\w+)'>", text)
+        if enum and isinstance(getattr(schema, enum.group(2), None), type):
+            allowed = ", ".join(member.value for member in getattr(schema, enum.group(2)))
+            return f"{key}={enum.group(1)} is not allowed; allowed: {allowed}"
+        container = re.match(r"Invalid value assigned: (\w+) is not a (ListConfig|DictConfig)", text)
+        if container:
+            kind = "list, e.g. [0.9,0.999]" if container.group(2) == "ListConfig" else "mapping, e.g. {k:v}"
+            return f"{key} is not allowed to be a {container.group(1)}; {key} must be a {kind}"
+        return f"{key}: {text.rstrip('.')}"
     message = str(error)
     missing = re.search(r"Could not find '([^']+)'", message)
     if missing:
@@ -196,6 +207,13 @@ class Checked:
 
 def check(overrides: list[str], multirun: bool = False) -> Checked:
     """Compose and check every configuration the command line names; ConfigError if one fails."""
+    try:
+        return _check(overrides, multirun)
+    except ConfigError as error:  # one line, even where an override has a line break in it
+        raise ConfigError(_one_line(str(error))) from None
+
+
+def _check(overrides: list[str], multirun: bool) -> Checked:
     register_configs()
     GlobalHydra.instance().clear()
     checked = Checked(0)

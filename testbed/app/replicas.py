@@ -358,10 +358,18 @@ class _Replica:
     summary: dict
     rows: list
     cmp_max: dict
+    log: logging.Logger
     initial_loss: float | None = None
     last_finite_loss: float | None = None
     wall_s: float | None = None
     final_params: dict | None = None
+
+
+def replica_log(k: int) -> logging.Logger:
+    """Replica k's own log (``run_replica_job`` sends it to the replica's folder); not the job's."""
+    logger = logging.getLogger(f"testbed.replica{k}")
+    logger.propagate = False
+    return logger
 
 
 def _load_data(cfg: DictConfig):
@@ -416,7 +424,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             k, point, run_dir, logger, BatchSampler(n, cfg.data.batch_size, seed=point.seed),
             MetricsFile(run_dir / "metrics.jsonl"),
             {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers},
-            [], dict.fromkeys(CMP_KEYS, 0.0)))
+            [], dict.fromkeys(CMP_KEYS, 0.0), replica_log(k)))
     sampler = replicas[0].sampler
     steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
 
@@ -448,6 +456,8 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                         r.final_params = trainer.params_numpy(j)
                     log.info("replica %d (seed %d, lr %g) diverged at step %d: loss %s (last finite %s)",
                              r.k, r.point.seed, r.point.lr, step, loss, r.last_finite_loss)
+                    r.log.info("diverged at step %d: loss %s (last finite %s)", step, loss,
+                               r.last_finite_loss)
                     continue
                 r.last_finite_loss = loss
                 r.summary["steps"] = step if not update else step + 1
@@ -474,6 +484,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                     r.metrics.write(row)
                     r.logger.log(row, step)
                     r.rows.append(row)
+                    _log_row(r.log, row, compared)
                 _log_step(step, losses[np.array(going_on)], test_accs, len(active), len(replicas))
     finally:
         for r in replicas:
@@ -501,6 +512,15 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
         r.summary["wall_s"] = r.wall_s
         summaries.append(r.summary)
     return summaries
+
+
+def _log_row(logger: logging.Logger, row: dict, compared: dict) -> None:
+    """The line run.train logs at a logged step."""
+    cmp_text = (" | |dloss| {cmp/loss_abs_diff:.1e} grad rel err {cmp/grad_max_rel_err:.1e} "
+                "param drift {cmp/param_max_rel_err:.1e}".format(**compared) if compared else "")
+    acc_text = f" test acc {row['test/acc']:.3f}" if "test/acc" in row else ""
+    logger.info("step %5d  loss %.4f  test loss %.4f%s%s", row["step"], row["train/loss"], row["test/loss"],
+                acc_text, cmp_text)
 
 
 def _log_step(step: int, losses: np.ndarray, accs: np.ndarray | None, active: int, count: int) -> None:
@@ -627,13 +647,32 @@ def _open_wandb(cfg: DictConfig, job: _Job, run_dir: Path):
                        init_timeout=cfg.logger.init_timeout)
 
 
+def _log_files(jobs: list[_Job]) -> list[logging.Handler]:
+    """Each replica's log file in its folder, named and formatted as the job's own (Hydra's
+    ``<job name>.log``), fed by ``replica_log(position)``."""
+    job_file = next((h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
+    name = Path(job_file.baseFilename).name if job_file else "main.log"
+    formatter = (job_file.formatter if job_file and job_file.formatter
+                 else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handlers = []
+    for position, job in enumerate(jobs):
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(job.run_dir / name)
+        handler.setFormatter(formatter)
+        logger = replica_log(position)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        handlers.append(handler)
+    return handlers
+
+
 def run_replica_job(cfg: DictConfig) -> list[dict]:
     """The app's job for a replica config (``main.app`` hands it over when ``wants_replicas``).
 
     Every replica is a run of its own: a finished one (same config, completed or diverged) is
-    left alone as a sweep job would be; the others train together and each ends with its
-    summary.json. The job's own folder gets config.yaml and, last, a summary.json listing the
-    replicas.
+    left alone, as a sweep job would be; the others train together, and each ends with its
+    summary.json, written last. The job's own folder gets config.yaml and, last, a summary.json
+    listing the replicas.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -643,7 +682,7 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
     multirun = hc.mode == RunMode.MULTIRUN
     group_dir = Path(hc.runtime.output_dir)
     try:
-        validate_replicas(cfg)
+        validate_replicas(cfg)  # preflight checks the command line; a sweeper's jobs come here unchecked
     except ConfigError as error:
         if not multirun:
             print(f"testbed: error: {error}", file=sys.stderr)
@@ -654,20 +693,28 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
     jobs = _replica_jobs(cfg, hc, multirun)
     sweep_points = bool(_list(cfg, "replica_dirs"))
     summaries: dict[int, dict] = {}
-    todo = []
+    todo, reasons = [], []
     for job in jobs:
         plan = plan_run(job.run_dir, job.cfg, multirun=multirun or sweep_points)
         if plan.action == "skip":
             log.info("replica %d (%s): %s", job.k, job.run_dir, plan.reason)
             summaries[job.k] = plan.summary
-        else:
-            if plan.action == "resume":
-                log.info("replica %d (%s): replica runs keep no checkpoints: starting from scratch",
-                         job.k, job.run_dir)
-            todo.append(job)
+            continue
+        reason = plan.reason
+        if plan.action == "resume":
+            reason = f"{reason.split(':')[0]}: replica runs keep no checkpoints: starting from scratch"
+        todo.append(job)
+        reasons.append(reason)
     log.info("training %d replicas in one program (%d already finished)", len(todo), len(jobs) - len(todo))
+    if not todo:
+        _write_group_summary(group_dir, jobs, summaries, started)
+        return [summaries[job.k] for job in jobs]
 
-    if todo:
+    handlers = _log_files(todo)
+    try:
+        for position, reason in enumerate(reasons):
+            if reason:
+                replica_log(position).info("%s", reason)
         deferred = [DeferredLogger() for _ in todo]
         error_line = None
         try:
@@ -680,20 +727,25 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
                 raise
             log.exception("replica run failed; the sweep goes on")
             results = [{"status": "failed", "error": f"{type(error).__name__}: {error}"} for _ in todo]
-        for job, logger, summary in zip(todo, deferred, results, strict=True):
+        for position, (job, logger, summary) in enumerate(zip(todo, deferred, results, strict=True)):
             wandb = _open_wandb(cfg, job, job.run_dir)
             logger.replay(wandb)
             wandb.finish(summary, exit_code=0 if summary["status"] != "failed" else 1)
             write_summary(job.run_dir, summary)  # last: the mark of a finished run
             summaries[job.k] = summary
             where = getattr(wandb, "where", None)
-            log.info("replica %d: %s; outputs in %s%s", job.k, summary["status"], job.run_dir,
-                     f"; W&B run in {where}" if where else "")
-        if error_line is not None and not multirun:
-            _write_group_summary(group_dir, jobs, summaries, started)
-            print(f"testbed: error: {error_line}", file=sys.stderr)
-            raise SystemExit(2) from None
+            replica_log(position).info(
+                "%s in %.1f s: outputs in %s%s", summary["status"], summary.get("wall_s", 0.0), job.run_dir,
+                f"; W&B run in {where} (upload: wandb sync {where})" if where else "")
+    finally:
+        for position, handler in enumerate(handlers):
+            replica_log(position).removeHandler(handler)
+            handler.close()
     _write_group_summary(group_dir, jobs, summaries, started)
+    log.info("replicas: %s", ", ".join(f"{j.k} {summaries[j.k]['status']}" for j in jobs))
+    if error_line is not None and not multirun:
+        print(f"testbed: error: {error_line}", file=sys.stderr)
+        raise SystemExit(2) from None
     return [summaries[job.k] for job in jobs]
 
 

@@ -155,7 +155,7 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
         leftover.unlink(missing_ok=True)
     if resume is None:
         # a new run: nothing from an earlier run in this folder may pass for this one's
-        for stale in ("summary.json", CHECKPOINT, "params_final.npz"):
+        for stale in ("summary.json", CHECKPOINT, "params_init.npz", "params_final.npz"):
             (run_dir / stale).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", config_yaml)
         if cfg.train.save_params:

@@ -94,7 +94,8 @@ def preferred_inputs(run: Run, data, starts: int = STARTS, steps: int = ASCENT_S
     rng = np.random.default_rng(int(run.get("seed")))
     x_all, act_all = maximise_activation(net, units, rng.standard_normal((len(units), data.in_features)),
                                          radius, steps=steps)
-    best = np.array([k * starts + int(np.argmax(act_all[k * starts:(k + 1) * starts])) for k in range(classes)])
+    best = np.array([k * starts + int(np.argmax(act_all[k * starts:(k + 1) * starts]))
+                     for k in range(classes)])
     x_star, act = x_all[best], act_all[best]
 
     logits = np.asarray(net.forward(x_star))
@@ -149,9 +150,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     fig, axes = plt.subplots(rows, classes, figsize=(1.3 * classes, 1.45 * rows))
     axes = np.atleast_2d(axes)
     class_means = np.array([data.x_train[data.y_train == k].mean(axis=0) for k in range(classes)])
-    for row, (images, label) in enumerate([(f["x"], f"x* seed {int(r.get('seed'))}") for f, r in zip(found, ok,
-                                                                                                       strict=True)]
-                                          + [(class_means, "class mean")]):
+    panels = [(f["x"], f"x* seed {int(r.get('seed'))}") for f, r in zip(found, ok, strict=True)]
+    for row, (images, label) in enumerate(panels + [(class_means, "class mean")]):
         for k in range(classes):
             ax = axes[row, k]
             ax.imshow((images[k] * std + mean).reshape(8, 8), cmap="gray_r")
@@ -161,8 +161,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
                 ax.set_title(f"unit {k}", fontsize=9)
             if k == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.suptitle("The 8x8 input each class unit prefers (activation maximisation, pixel space; dark = ink)",
-                 fontsize=10)
+    fig.suptitle("The 8x8 input each class unit prefers (activation maximisation, pixel space; "
+                 "dark = ink)", fontsize=10)
     images_fig = save_figure(fig, figure_path(figures_dir, "feature_viz_preferred_inputs"))
 
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
@@ -183,9 +183,10 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
 
     return [
         replace(MAXIMA, passed=maxima_ok, figure=images_fig,
-                measured=f"{len(found)} seeds x {classes} units: lowest softmax probability of the own class "
-                         f"{prob_min:.4f}; s_k(x*) / best training image s_k >= {margin:.2f}; engine vs torch "
-                         f"input gradient rel. error {grad_err:.1e}; maxima from different starts agree "
+                measured=f"{len(found)} seeds x {classes} units: lowest softmax probability of the own "
+                         f"class {prob_min:.4f}; s_k(x*) / best training image s_k >= {margin:.2f}; engine "
+                         f"vs torch input gradient rel. error {grad_err:.1e}; maxima from different starts "
+                         f"agree "
                          f"(mean pairwise corr {np.mean([f['spread'] for f in found]):.3f}).",
                 note="" if maxima_ok else "A maximum is not classified as its unit's class with the "
                                           "required confidence, or does not beat the data."),

@@ -81,7 +81,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
         act = str(run.get("model.activation"))
         first = act not in seen
         seen.add(act)
-        ax.plot(ALPHAS, train, color=colors.get(act, "k"), lw=1, label=f"{act}: training loss" if first else None)
+        ax.plot(ALPHAS, train, color=colors.get(act, "k"), lw=1,
+                label=f"{act}: training loss" if first else None)
         ax.plot(ALPHAS, test, color=colors.get(act, "k"), lw=1, ls="--", alpha=0.6,
                 label=f"{act}: test loss" if first else None)
         a_in = ALPHAS[inside]
@@ -97,7 +98,7 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     ax.grid(True, which="both", alpha=0.3)
     ax_norm.set_xlabel("a (initial = 0, trained = 1)")
     ax_norm.set_ylabel("(L(a) - L(1)) / (L(0) - L(1)), training loss")
-    ax_norm.set_title("Normalised on [0, 1]: a monotone fall, no barrier")
+    ax_norm.set_title("Normalised on [0, 1] (a barrier would show as a bump)")
     ax_norm.legend(fontsize=8)
     ax_norm.grid(True, alpha=0.3)
     figure = save_figure(fig, figure_path(figures_dir, "interpolation_line"))

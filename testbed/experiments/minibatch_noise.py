@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from testbed.data import load_dataset
 from testbed.engine import MLPSpec
 from testbed.experiments.analysis import top_hessian_eigenvalue
-from testbed.experiments.base import Claim, figure_path, group_by, pyplot, save_figure
+from testbed.experiments.base import Claim, figure_path, pyplot, save_figure
 from testbed.tracking.sweep import Run
 
 NAME = "minibatch_noise"
@@ -103,7 +103,7 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.set_xlabel("minibatch size (1347 = full batch)")
     ax.set_ylabel("sharpness: top eigenvalue of the training-loss Hessian")
-    ax.set_title("Larger batches end in sharper minima")
+    ax.set_title("Sharpness of the final point against batch size")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     sharp_fig = save_figure(fig, figure_path(figures_dir, "minibatch_noise_sharpness"))

@@ -91,7 +91,8 @@ def iqr(values: np.ndarray) -> float:
     return float(q75 - q25)
 
 
-def jacobian_singular_values(init: str, num_layers: int, seed: int, width: int = SPECTRUM_WIDTH) -> np.ndarray:
+def jacobian_singular_values(init: str, num_layers: int, seed: int,
+                             width: int = SPECTRUM_WIDTH) -> np.ndarray:
     """Singular values of the end-to-end Jacobian of a square linear net at init (engine, float64)."""
     spec = MLPSpec(width, width, depth=num_layers - 1, width=width, activation="identity", init=init,
                    loss="mse")
@@ -145,8 +146,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     for p, style in ((25, "--"), (75, "--")):
         ax.plot(xs, np.exp(xs * np.percentile(mu, p)), style, color="k", lw=1,
                 label="Lyapunov prediction exp(L mu), quartiles" if p == 25 else None)
-    ortho = np.array([[np.min(np.concatenate(sv["orthogonal"][n])), np.max(np.concatenate(sv["orthogonal"][n]))]
-                      for n in layers])
+    ortho_all = {n: np.concatenate(sv["orthogonal"][n]) for n in layers}
+    ortho = np.array([[ortho_all[n].min(), ortho_all[n].max()] for n in layers])
     ax.plot(x, ortho[:, 0], "s-", color="tab:red", label="orthogonal: min and max sigma_i (all = 1)")
     ax.plot(x, ortho[:, 1], "s-", color="tab:red")
     ax.set_xscale("log", base=2)
@@ -155,10 +156,35 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     ax.set_xticks(x, [str(n) for n in layers])
     ax.set_xlabel("number of layers L (square linear net, width 64)")
     ax.set_ylabel("singular value of the end-to-end Jacobian at init")
-    ax.set_title("Jacobian spectrum at init: orthogonal stays at 1, Gaussian spreads")
+    ax.set_title("End-to-end Jacobian spectrum at init against depth")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(True, which="major", alpha=0.3)
     spectrum_fig = save_figure(fig, figure_path(figures_dir, "orthogonal_spectrum"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    per_seed = {n: [iqr(np.log(s)) for s in sv["lecun_normal"][n]] for n in layers}
+    fine = np.geomspace(min(layers), max(layers), 100)
+    ax.plot(fine, fine * iqr(mu), "k-", label="prediction L x IQR(mu) (Lyapunov exponents)")
+    ax.fill_between(fine, fine * iqr(mu) * (1 - SPREAD_TOL), fine * iqr(mu) * (1 + SPREAD_TOL), color="k",
+                    alpha=0.1,
+                    label=f"criterion band +-{SPREAD_TOL:.0%} (checked from L = {SPREAD_MIN_LAYERS})")
+    ax.plot(x, [measured_iqr[n] for n in layers], "o-", color="tab:blue",
+            label="measured: median over seeds")
+    for n in layers:
+        ax.scatter([n] * len(per_seed[n]), per_seed[n], color="tab:blue", s=10, alpha=0.5)
+    ax.axvspan(min(layers) / 1.2, SPREAD_MIN_LAYERS / 1.2, color="gray", alpha=0.08,
+               label=f"not checked (L < {SPREAD_MIN_LAYERS})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(n) for n in layers])
+    ax.set_xlabel("number of layers L (square linear net, width 64, Gaussian init)")
+    ax.set_ylabel("interquartile range of ln sigma_i")
+    ax.set_title("Spread of the Gaussian-init spectrum against the Lyapunov prediction")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    spread_fig = save_figure(fig, figure_path(figures_dir, "orthogonal_gaussian_spread"))
+    off = {n: measured_iqr[n] / predicted_iqr[n] - 1 for n in layers}
+    outside = [n for n in checked if abs(off[n]) > SPREAD_TOL]
 
     claims.append(replace(
         ISOMETRY, passed=iso_ok, figure=spectrum_fig,
@@ -166,13 +192,19 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
         note="" if iso_ok else "The orthogonal product is not isometric to float64 rounding.",
         details={"max_abs_dev": worst}))
     claims.append(replace(
-        GAUSSIAN_SPREAD, passed=spread_ok, figure=spectrum_fig,
+        GAUSSIAN_SPREAD, passed=spread_ok, figure=spread_fig,
         measured="IQR of ln sigma (median of seeds) vs prediction: " + ", ".join(
             f"L={n}: {measured_iqr[n]:.2f} vs {predicted_iqr[n]:.2f}" for n in layers)
         + f"; grows at every step: {grows}. Smallest sigma seen: {smallest:.1e}.",
         note="" if spread_ok else (
-            "The measured spread departs from the asymptotic Lyapunov prediction by more than the "
-            "pre-registered tolerance." if grows else "The spread does not grow at every depth step."),
+            "The spread does not grow at every depth step." if not grows else
+            "Outside the band at L = " + ", ".join(f"{n} ({off[n]:+.0%})" for n in outside)
+            + "; relative deviation at " + ", ".join(f"L = {n}: {off[n]:+.0%}" for n in checked)
+            + ". The measured spread carries a finite-depth excess of about "
+            + f"{np.median([measured_iqr[n] - predicted_iqr[n] for n in layers]):.1f} nats over the "
+            "asymptotic law L x IQR(mu), which the pre-registered tolerance does not absorb at the "
+            "smallest checked depth: the law holds asymptotically, our start at L = "
+            f"{SPREAD_MIN_LAYERS} was too early."),
         details={"iqr": measured_iqr, "predicted": predicted_iqr}))
 
     # --- training time against depth
@@ -209,6 +241,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     ax.set_yscale("log")
     ax.set_xticks(sorted(set(times["orthogonal"]) | set(times["lecun_normal"])) or [2],
                   [str(n) for n in sorted(set(times["orthogonal"]) | set(times["lecun_normal"]))] or ["2"])
+    ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
     ax.set_xlabel("number of layers L (deep linear net, lr = 0.1 / L)")
     ax.set_ylabel(f"SGD steps to test loss <= {criterion:g}")
     ax.set_title("Deep linear nets on digits: training time against depth")

@@ -104,7 +104,7 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     for ax, function in zip(axes, ("sin", "abs"), strict=True):
         _plot_errors(ax, table.get(function, {}), f"target {'sin(2 pi x)' if function == 'sin' else '|x|'}")
     axes[0].set_ylabel("error of the trained net on [-1, 1]")
-    fig.suptitle("Continuous targets: sup and mean error fall with width")
+    fig.suptitle("Continuous targets: error of the trained net against width")
     cont_fig = save_figure(fig, figure_path(figures_dir, "universal_approx_continuous"))
 
     # --- the step
@@ -128,9 +128,9 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
         ax_fit.plot(zoom, prediction(step_runs[width], zoom), label=f"width {width} (seed 0)")
     ax_fit.set_xlabel("x (zoom on the jump)")
     ax_fit.set_ylabel("net(x)")
-    ax_fit.set_title("Fits near the jump: steeper, never a jump")
+    ax_fit.set_title("Fits near the jump (seed 0)")
     ax_fit.legend(fontsize=8)
-    fig.suptitle("Step target: the mean error falls with width, the sup error stays at 1")
+    fig.suptitle("Step target: mean and sup error against width")
     step_fig = save_figure(fig, figure_path(figures_dir, "universal_approx_step"))
 
     return [

@@ -72,7 +72,8 @@ CLAIMS = [
           f"{THEORY_FACTOR} of the prediction"),
     Claim(NAME, "Glorot & Bengio 2010, Sec. 3.1 / 4.2 (sigmoid)",
           SETUP.format(depth=5) + "; sigmoid with the normalized (Xavier) init",
-          "sigmoid's slope is at most 1/4: even with the normalized init a deep sigmoid net's gradients vanish",
+          "sigmoid's slope is at most 1/4: even with the normalized init a deep sigmoid net's gradients "
+          "vanish",
           f"geometric mean over seeds of ||dL/ds^1|| / ||dL/ds^5|| at init <= {SIGMOID_XAVIER_MAX_RATIO} "
           "(bound (1/4)^4 = 0.0039; theory 0.003)"),
     Claim(NAME, "Glorot & Bengio 2010, eq. 14 and Fig. 8",
@@ -116,7 +117,8 @@ def _n_var_w(init: str, fan_in: int, fan_out: int) -> float:
 def _first_batch(run, x_train: np.ndarray) -> np.ndarray:
     from testbed.data import BatchSampler
 
-    return x_train[BatchSampler(len(x_train), int(run.get("data.batch_size")), seed=int(run.get("seed"))).next()]
+    sampler = BatchSampler(len(x_train), int(run.get("data.batch_size")), seed=int(run.get("seed")))
+    return x_train[sampler.next()]  # the minibatch the run's step 0 (its at-init metrics) used
 
 
 def predicted_first_top_ratio(run, x_train: np.ndarray) -> float:
@@ -156,7 +158,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     per_link_seeds = {init: [first_top(r) ** (1 / links) for r in cell(deep, "tanh", init)] for init in INITS}
     theory_link = {init: (predicted_first_top_ratio(cell(deep, "tanh", init)[0], data.x_train) ** (1 / links)
                           if cell(deep, "tanh", init) else math.nan) for init in INITS}
-    ok = per_link["standard"] <= TANH_STANDARD_MAX_PER_LINK and per_link["xavier_uniform"] >= TANH_XAVIER_MIN_PER_LINK
+    ok = (per_link["standard"] <= TANH_STANDARD_MAX_PER_LINK
+          and per_link["xavier_uniform"] >= TANH_XAVIER_MIN_PER_LINK)
     claims[0].measured = (
         f"per-link ratio standard {fmt(per_link['standard'])} (seeds {_range(per_link_seeds['standard'])}; "
         f"theory {fmt(theory_link['standard'])}), Xavier {fmt(per_link['xavier_uniform'])} (seeds "
@@ -174,9 +177,11 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     worst = rows[int(np.nanargmax(factors))] if rows else None
     claims[1].measured = (
         f"{len(rows)} cells; largest measured/predicted factor {fmt(max(factors))}"
-        + (f" ({worst[1]}, {worst[2]}, depth {worst[0]}: measured {fmt(worst[3])}, predicted {fmt(worst[6])})"
-           if worst else "") + "; per cell: " + "; ".join(
-            f"{a}/{'std' if i == 'standard' else 'xav'}/{d}: {fmt(m)} vs {fmt(p)}" for d, a, i, m, _, _, p in rows))
+        + (f" ({worst[1]}, {worst[2]}, depth {worst[0]}: measured {fmt(worst[3])}, predicted "
+           f"{fmt(worst[6])})" if worst else "")
+        + "; per cell (measured vs predicted): " + "; ".join(
+            f"{a}/{'std' if i == 'standard' else 'xav'}/{d}: {fmt(m)} vs {fmt(p)}"
+            for d, a, i, m, _, _, p in rows))
     claims[1].passed = _verdict(bool(rows) and max(factors) <= THEORY_FACTOR, factors)
     claims[1].figure = _plot_theory(rows, figures_dir)
     claims[1].details = {"cells": rows}
@@ -197,10 +202,15 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     ratio_w = geomean([_w_first_top(r) for r in tanh_std])
     ratio_s = geomean([first_top(r) for r in tanh_std])
     ok = abs(math.log(ratio_w)) <= WEIGHT_VS_PREACT_MAX_SLOPE * abs(math.log(ratio_s)) if tanh_std else False
-    claims[3].measured = (f"RMS dW^1 / RMS dW^{deep} = {fmt(ratio_w)} (seeds "
-                          f"{_range([_w_first_top(r) for r in tanh_std])}) vs ||ds^1|| / ||ds^{deep}|| = "
-                          f"{fmt(ratio_s)}; |ln| {fmt(abs(math.log(ratio_w)))} vs {fmt(abs(math.log(ratio_s)))}"
-                          if tanh_std else "no runs")
+    late = {init: geomean([_last_first_top(r, "grad_norm/s") for r in cell(deep, "tanh", init)])
+            for init in INITS}
+    claims[3].measured = (
+        f"at init RMS dW^1 / RMS dW^{deep} = {fmt(ratio_w)} (seeds "
+        f"{_range([_w_first_top(r) for r in tanh_std])}) vs ||ds^1|| / ||ds^{deep}|| = {fmt(ratio_s)}; |ln| "
+        f"{fmt(abs(math.log(ratio_w)))} vs {fmt(abs(math.log(ratio_s)))}. During training (not part of the "
+        f"criterion) ||ds^1|| / ||ds^{deep}|| at the last step: standard {fmt(late['standard'])}, "
+        f"Xavier {fmt(late['xavier_uniform'])}"
+        if tanh_std else "no runs")
     claims[3].passed = _verdict(ok, [ratio_w, ratio_s])
     claims[3].figure = _plot_weight_vs_preact(tanh_std, cell(deep, "tanh", "xavier_uniform"), figures_dir)
 
@@ -216,9 +226,10 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
         steps_at.append(int(steps[i]))
         hits.append(top[i] <= SIGMOID_TOP_MEAN_MAX and all(b[i] >= SIGMOID_LOWER_MEAN_MIN for b in below))
     claims[4].measured = (
-        f"lowest top-layer mean activation per seed {', '.join(fmt(v) for v in lows)} (at steps "
-        f"{', '.join(map(str, steps_at))}; lowest lower-layer mean there {', '.join(fmt(v) for v in lower_mins)})"
-        f"; {sum(hits)} of {len(hits)} seeds meet it" if sat_runs else "no runs")
+        f"top hidden layer's mean activation: 0.5 at init, lowest per seed {', '.join(fmt(v) for v in lows)} "
+        f"(at steps {', '.join(map(str, steps_at))}); lowest lower-layer mean there "
+        f"{', '.join(fmt(v) for v in lower_mins)}; {sum(hits)} of {len(hits)} seeds meet the criterion"
+        if sat_runs else "no runs")
     claims[4].passed = _verdict(bool(hits) and fraction(hits) >= 2 / 3, lows)
     claims[4].figure = _plot_saturation(cells, depths, figures_dir)
 
@@ -240,7 +251,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     stats = {k: mean_std(v) for k, v in errors.items()}
     sig_err = stats.get(("sigmoid", "standard"), (math.nan, math.nan))[0]
     others = {k: m + s for k, (m, s) in stats.items() if k[0] != "sigmoid"}
-    tanh_ok = stats.get(("tanh", "xavier_uniform"), (math.nan,))[0] < stats.get(("tanh", "standard"), (math.nan,))[0]
+    nan2 = (math.nan, math.nan)
+    tanh_ok = stats.get(("tanh", "xavier_uniform"), nan2)[0] < stats.get(("tanh", "standard"), nan2)[0]
     ok = bool(others) and sig_err > max(others.values()) and tanh_ok
     claims[6].measured = "test error % (mean +- std): " + "; ".join(
         f"{a} {'N' if i == 'xavier_uniform' else 'std'} {100 * m:.1f} +- {100 * s:.1f}"
@@ -266,6 +278,11 @@ def _verdict(ok: bool, values) -> bool | None:
 def _range(values) -> str:
     values = [v for v in values if math.isfinite(v)]
     return f"{fmt(min(values))}-{fmt(max(values))}" if values else "n/a"
+
+
+def _last_first_top(run, key: str) -> float:
+    depth = int(run.get("model.depth"))
+    return series(run, f"{key}/L1")[1][-1] / series(run, f"{key}/L{depth}")[1][-1]
 
 
 def _w_first_top(run) -> float:
@@ -297,7 +314,7 @@ def _add_notes(claims: list[Claim]) -> None:
     }
     for index, claim in enumerate(claims):
         if claim.passed is False and not claim.note:
-            claim.note = why.get(index, "The measured value misses the pre-registered criterion; see the figure.")
+            claim.note = why.get(index, "The measured value misses the pre-registered criterion (figure).")
 
 
 # ---------------------------------------------------------------- figures
@@ -318,23 +335,24 @@ def _plot_profiles(cells, depth, x_train, figures_dir) -> str:
             centre = np.exp(np.mean(np.log(profiles), axis=0))
             ax.plot(layers, centre, "o-", color=COLORS[init], label=f"{INIT_LABEL[init]} (measured)")
             ax.fill_between(layers, profiles.min(0), profiles.max(0), color=COLORS[init], alpha=0.2)
-            ax.plot(layers, _theory_profile(group[0], x_train), "--", color=COLORS[init], alpha=0.8,
-                    label=f"{init}: mean-field theory")
+            ax.plot(layers, _theory_profile(group[0], x_train), "k--", lw=1, zorder=5,
+                    label="mean-field theory" if init == INITS[0] else None)
         ax.set_yscale("log")
         ax.set_title(f"{activation}, {depth} hidden layers, at init")
         ax.set_xlabel("hidden layer l (1 = next to the input)")
         ax.set_xticks(layers)
     axes[0].set_ylabel("||dL/ds^l|| / ||dL/ds^top||  (log)")
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Back-propagated gradients shrink towards the input with the standard init; Xavier keeps "
-                 "tanh near flat; sigmoid vanishes with both (band: 3 seeds min-max)", fontsize=9)
+    fig.suptitle("Back-propagated gradient ||dL/ds^l|| by layer at init, standard vs normalized init "
+                 "(band: seeds min-max; dashed: theory)", fontsize=9)
     return save_figure(fig, figure_path(figures_dir, "vanishing_profiles"))
 
 
 def _theory_profile(run, x_train) -> np.ndarray:
     depth, width, init = int(run.get("model.depth")), int(run.get("model.width")), str(run.get("model.init"))
     q1 = _n_var_w(init, x_train.shape[1], width) * float(np.mean(_first_batch(run, x_train) ** 2))
-    ratios = predicted_grad_norm_ratios(q1, depth, _n_var_w(init, width, width), 0.0, str(run.get("model.activation")))
+    ratios = predicted_grad_norm_ratios(q1, depth, _n_var_w(init, width, width), 0.0,
+                                        str(run.get("model.activation")))
     return np.append(np.cumprod(ratios[::-1])[::-1], 1.0)
 
 
@@ -362,7 +380,7 @@ def _plot_theory(rows, figures_dir) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("mean-field prediction of ||dL/ds^1|| / ||dL/ds^top||")
     ax.set_ylabel("measured at init (geo-mean, bars: seed min-max)")
-    ax.set_title("Theory (q-map + chi_1) predicts the decay in every cell", fontsize=10)
+    ax.set_title("First/top gradient ratio at init: measured vs mean-field theory", fontsize=10)
     ax.legend(fontsize=7)
     return save_figure(fig, figure_path(figures_dir, "vanishing_theory"))
 
@@ -385,28 +403,33 @@ def _plot_weight_vs_preact(standard_runs, xavier_runs, figures_dir) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("hidden layer l (1 = next to the input)")
     ax.set_ylabel("relative to the top hidden layer (log)")
-    ax.set_title("tanh, standard init, at init: dL/dW stays flat, dL/ds shrinks", fontsize=9)
+    ax.set_title("tanh, standard init, at init: weight vs back-propagated gradient by layer", fontsize=9)
     ax.legend(fontsize=8)
     ax = axes[1]
     for group, init in ((standard_runs, "standard"), (xavier_runs, "xavier_uniform")):
         if not group:
             continue
-        depth = int(group[0].get("model.depth"))
-        curves = []
-        for run in group:
-            steps, first = series(run, "grad_norm/s/L1")
-            _, top = series(run, f"grad_norm/s/L{depth}")
-            curves.append(first / top)
-        n = min(len(c) for c in curves)
-        curves = np.array([c[:n] for c in curves])
-        ax.plot(steps[:n], np.exp(np.mean(np.log(curves), 0)), "-", color=COLORS[init],
-                label=f"{INIT_LABEL[init]}: ||dL/ds^1|| / ||dL/ds^{depth}||")
-        ax.fill_between(steps[:n], curves.min(0), curves.max(0), color=COLORS[init], alpha=0.2)
+        depth, width = int(group[0].get("model.depth")), int(group[0].get("model.width"))
+        for key, style, what in (("grad_norm/s", "-", "||dL/ds^1|| / ||dL/ds^top||"),
+                                 ("grad_norm/W", "--", "RMS dW^1 / RMS dW^top")):
+            curves = []
+            for run in group:
+                steps, first = series(run, f"{key}/L1")
+                _, top = series(run, f"{key}/L{depth}")
+                if key == "grad_norm/W":  # per element: W^1 is width x 64, W^top width x width
+                    first, top = first / math.sqrt(64 * width), top / math.sqrt(width * width)
+                curves.append(first / top)
+            n = min(len(c) for c in curves)
+            curves = np.array([c[:n] for c in curves])
+            ax.plot(steps[:n], np.exp(np.mean(np.log(curves), 0)), style, color=COLORS[init],
+                    label=f"{'standard' if init == 'standard' else 'Xavier'}: {what}")
+            ax.fill_between(steps[:n], curves.min(0), curves.max(0), color=COLORS[init], alpha=0.15)
+    ax.axhline(1, color="gray", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("training step (SGD, minibatch 10)")
-    ax.set_ylabel("first / top hidden layer gradient norm (log)")
-    ax.set_title("tanh during training: the standard init's decay persists", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("first / top hidden layer (log)")
+    ax.set_title("tanh, 5 hidden layers: the same ratios during training", fontsize=9)
+    ax.legend(fontsize=7)
     return save_figure(fig, figure_path(figures_dir, "vanishing_weight_vs_preact"))
 
 
@@ -429,7 +452,8 @@ def _plot_saturation(cells, depths, figures_dir) -> str:
             values = np.array([c[1][:n] for c in curves])
             steps = curves[0][0][:n]
             label = f"layer {layer}" + (" (top hidden)" if layer == depth else "")
-            ax.plot(steps, values.mean(0), color=colors[layer - 1], lw=2.5 if layer == depth else 1.2, label=label)
+            ax.plot(steps, values.mean(0), color=colors[layer - 1], lw=2.5 if layer == depth else 1.2,
+                    label=label)
             ax.fill_between(steps, values.min(0), values.max(0), color=colors[layer - 1], alpha=0.2)
         ax.axhline(SIGMOID_TOP_MEAN_MAX, color="k", ls=":", lw=1, label=f"criterion {SIGMOID_TOP_MEAN_MAX}")
         ax.set_ylim(0, 1)
@@ -437,7 +461,7 @@ def _plot_saturation(cells, depths, figures_dir) -> str:
         ax.set_ylabel("mean sigmoid output of the layer")
         ax.set_title(f"sigmoid, standard init, {depth} hidden layers", fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle("The top hidden sigmoid layer is pushed towards 0 early in training (band: 3 seeds)",
+    fig.suptitle("Mean sigmoid output of each hidden layer during training (line: seed mean, band: min-max)",
                  fontsize=9)
     return save_figure(fig, figure_path(figures_dir, "vanishing_sigmoid_saturation"))
 
@@ -470,7 +494,8 @@ def _plot_test_error(cells, depths, figures_dir) -> str:
     for j, depth in enumerate(depths):
         means, stds = [], []
         for activation, init in combos:
-            errs = [100 * (1 - r.summary.get("final/test_acc", math.nan)) for r in cells.get((depth, activation, init), [])]
+            errs = [100 * (1 - r.summary.get("final/test_acc", math.nan))
+                    for r in cells.get((depth, activation, init), [])]
             means.append(np.mean(errs) if errs else math.nan)
             stds.append(np.std(errs) if errs else 0.0)
         xs = np.arange(len(combos)) + (j - (len(depths) - 1) / 2) * width
@@ -480,6 +505,8 @@ def _plot_test_error(cells, depths, figures_dir) -> str:
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("final test error on the digits (%)")
     ax.set_yscale("log")
-    ax.set_title("Test error after 1000 SGD steps (bars: 3 seeds mean +- std): sigmoid is worst", fontsize=9)
+    ax.axhline(90, color="k", ls=":", lw=1, label="chance (90%)")
+    ax.set_title("Final test error per activation and init (Table 1 analogue; bars: seed mean +- std)",
+                 fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, figure_path(figures_dir, "vanishing_test_error"))

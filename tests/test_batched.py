@@ -1,0 +1,252 @@
+"""Replicas and the batching sweeper: every replica equals its configuration run alone.
+
+- ``train_replicas`` (K points of one shape in one batched program) against ``run.train`` for each
+  point alone, in-process: same config.yaml, same metrics rows (keys and steps exactly, float64
+  values to 1e-10), same summary; a replica that diverges is recorded as its run alone is, and the
+  others go on and still equal theirs.
+- ``hydra/sweeper=batched`` against Hydra's basic sweeper on the same command line, in
+  subprocesses: the same job folders with the same .hydra files and the same results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from hydra_plugins.testbed_batched_sweeper.batched_sweeper import Point, _consecutive, group_points
+from testbed.app.replicas import (
+    ReplicaPoint,
+    point_config,
+    replica_points,
+    train_replicas,
+    validate_replicas,
+    wants_replicas,
+)
+from testbed.app.run import train
+from testbed.app.schema import ConfigError, TrainConfig, register_configs
+from testbed.tracking.files import read_metrics
+from testbed.tracking.sweep import load_sweep
+from testbed.tracking.wandb_logger import NullLogger
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = 1e-10  # float64: relative, on every metric
+CMP_TOL = 1e-10  # cmp/*: rounding-level discrepancies in both runs, compared absolutely
+BASE = ["logger=none", "engine=manual", "model.depth=2", "model.width=12", "train.steps=12",
+        "train.log_every=4", "train.progress=false"]
+POINTS = [ReplicaPoint(0, 0.1, "xavier_uniform", 1.0), ReplicaPoint(1, 0.05, "kaiming_normal", 1.5),
+          ReplicaPoint(2, 0.2, "orthogonal", 0.7)]
+HAS_REPLICA_SCHEMA = "replicas" in {f.name for f in fields(TrainConfig)}
+needs_hooks = pytest.mark.skipif(not HAS_REPLICA_SCHEMA, reason="train.replicas is not in the schema yet "
+                                 "(the schema/main hooks of testbed.app.replicas are not applied)")
+
+
+def compose_configs(base: list[str], points: list[ReplicaPoint]):
+    """The replica run's config, and each point's config as its own command line gives it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            cfg = compose("config", overrides=base)
+            alone = [compose("config", overrides=[*base, f"seed={p.seed}", f"optim.lr={p.lr}",
+                                                  f"model.init={p.init}", f"model.init_scale={p.init_scale}"])
+                     for p in points]
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg, alone
+
+
+def close(key: str, a, b) -> bool:
+    if not isinstance(a, float) or not isinstance(b, float):
+        return a == b
+    if math.isnan(a) or math.isnan(b) or math.isinf(a) or math.isinf(b):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    if key.startswith("cmp/"):
+        return abs(a - b) <= CMP_TOL
+    return abs(a - b) <= TOL * max(abs(a), abs(b)) + 1e-15
+
+
+def assert_same_run(alone_dir: Path, batched_dir: Path, alone: dict | None = None, batched: dict | None = None):
+    """Same config.yaml, metrics rows (keys, steps; values to TOL) and summary (wall time aside)."""
+    assert (batched_dir / "config.yaml").read_text() == (alone_dir / "config.yaml").read_text()
+    a, b = read_metrics(alone_dir / "metrics.jsonl", True), read_metrics(batched_dir / "metrics.jsonl", True)
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for row_a, row_b in zip(a, b, strict=True):
+        assert list(row_b) == list(row_a)
+        bad = {k: (row_a[k], row_b[k]) for k in row_a if not close(k, row_a[k], row_b[k])}
+        assert not bad, f"step {row_a['step']}: {bad}"
+    alone = alone if alone is not None else json.loads((alone_dir / "summary.json").read_text())
+    batched = batched if batched is not None else json.loads((batched_dir / "summary.json").read_text())
+    assert set(batched) == set(alone)
+    bad = {k: (alone[k], batched[k]) for k in alone if k != "wall_s" and not close(k, alone[k], batched[k])}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # the torch backend, SGD
+    ["engine=both", "optim=momentum"],  # the torch reference batched with torch.func
+    ["engine.backend=numpy", "optim=adam", "optim.lr=0.01", "optim.clip_norm=0.5", "model.activation=relu"],
+], ids=["manual-sgd", "both-momentum", "numpy-adam-clip"])
+def test_each_replica_equals_its_run_alone(tmp_path, extra):
+    points = POINTS
+    if "optim=adam" in extra:
+        points = [ReplicaPoint(p.seed, p.lr / 10, p.init, p.init_scale) for p in POINTS]
+    cfg, alone = compose_configs(BASE + extra, points)
+    batched_dirs = [tmp_path / f"batched{k}" for k in range(len(points))]
+    summaries = train_replicas(cfg, points, batched_dirs, [NullLogger() for _ in points])
+    for k, config in enumerate(alone):
+        alone_dir = tmp_path / f"alone{k}"
+        alone_dir.mkdir()
+        summary = train(config, alone_dir, NullLogger())
+        assert summary["status"] == "completed"
+        assert_same_run(alone_dir, batched_dirs[k], summary, summaries[k])
+
+
+def test_a_diverged_replica_is_recorded_and_dropped_while_the_others_go_on(tmp_path):
+    points = [ReplicaPoint(0, 0.01, "xavier_uniform", 1.0), ReplicaPoint(1, 50.0, "xavier_uniform", 1.0),
+              ReplicaPoint(2, 0.02, "kaiming_normal", 1.0)]
+    base = [*BASE, "engine.backend=numpy", "optim=adam", "train.max_loss=8"]
+    cfg, alone = compose_configs(base, points)
+    batched_dirs = [tmp_path / f"batched{k}" for k in range(3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summaries = train_replicas(cfg, points, batched_dirs, [NullLogger() for _ in points])
+    assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+    for k, config in enumerate(alone):
+        alone_dir = tmp_path / f"alone{k}"
+        alone_dir.mkdir()
+        assert_same_run(alone_dir, batched_dirs[k], train(config, alone_dir, NullLogger()), summaries[k])
+    diverged = summaries[1]
+    assert diverged["diverged_at_step"] < 12 and diverged["steps"] == diverged["diverged_at_step"]
+    assert read_metrics(batched_dirs[1] / "metrics.jsonl")[-1]["status"] == "diverged"
+
+
+def test_replica_keys_of_a_config():
+    cfg = OmegaConf.create({"seed": 3, "optim": {"lr": 0.1}, "model": {"init": "xavier_uniform", "init_scale": 1.0},
+                            "engine": {"name": "manual"},
+                            "train": {"replicas": 3, "replica_seeds": [], "replica_lrs": [0.1, 0.2, 0.3],
+                                      "replica_inits": [], "replica_init_scales": [], "replica_dirs": [],
+                                      "checkpoint_every": 0}})
+    assert wants_replicas(cfg)
+    validate_replicas(cfg)
+    assert replica_points(cfg) == [ReplicaPoint(3, 0.1, "xavier_uniform", 1.0),
+                                   ReplicaPoint(4, 0.2, "xavier_uniform", 1.0),
+                                   ReplicaPoint(5, 0.3, "xavier_uniform", 1.0)]
+    alone = point_config(cfg, replica_points(cfg)[2])
+    assert (alone.seed, alone.optim.lr, alone.train.replicas, list(alone.train.replica_lrs)) == (5, 0.3, 1, [])
+    assert not wants_replicas(alone)
+    for key, value, message in (("train.replica_lrs", [0.1, 0.2], "one per replica"),
+                                ("train.replica_lrs", [0.1, -1.0, 0.2], "finite numbers > 0"),
+                                ("engine.name", "torch", "manual or both"),
+                                ("train.checkpoint_every", 5, "keep no checkpoints")):
+        bad = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+        with pytest.raises(ConfigError, match=message):
+            validate_replicas(bad)
+
+
+# -- the sweeper ------------------------------------------------------------------------------------
+
+def _point(num: int, overrides: list[str], **changes) -> Point:
+    resolved = {"seed": 0, "data": {"seed": 0}, "engine": {"name": "manual"},
+                "optim": {"name": "sgd", "lr": 0.1}, "model": {"depth": 2, "init": "xavier_uniform", "init_scale": 1.0},
+                "train": {"replicas": 1, "replica_seeds": [], "replica_lrs": [], "replica_inits": [],
+                          "replica_init_scales": [], "replica_dirs": [], "checkpoint_every": 0}}
+    for dotted, value in changes.items():
+        node = resolved
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return Point(num, overrides, OmegaConf.create({}), OmegaConf.create({}), OmegaConf.create({}), resolved)
+
+
+def test_grouping_rule():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    points = [
+        _point(0, ["model.depth=2", "seed=0"]), _point(1, ["model.depth=3", "seed=0"], model__depth=3),
+        _point(2, ["model.depth=2", "seed=1"], seed=1), _point(3, ["model.depth=3", "seed=1"], model__depth=3),
+        # a key that follows a batchable one (data.seed: ${seed}) differs: not batched with 0 and 2
+        _point(4, ["model.depth=2", "seed=2"], seed=2, data__seed=2),
+        _point(5, ["model.depth=2", "optim.lr=0.5"], optim__lr=0.5),
+        _point(6, ["model.depth=2", "seed=3"], seed=3, engine__name="torch"),  # torch alone: not batched
+        _point(7, ["model.depth=2", "model.init=orthogonal"], model__init="orthogonal"),
+    ]
+    groups, alone = group_points(points, parser)
+    assert [[p.num for p in g] for g in groups] == [[0, 2, 5, 7], [1, 3]]
+    assert [p.num for p in alone] == [4, 6]
+    groups, alone = group_points(points, parser, max_replicas=3)
+    assert [[p.num for p in g] for g in groups] == [[0, 2, 5], [1, 3]]
+    assert [p.num for p in alone] == [4, 6, 7]
+    assert [[p.num for p in run] for run in _consecutive(alone)] == [[4], [6, 7]]
+
+
+def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1",
+           "OMP_NUM_THREADS": "1", "TESTBED_CACHE": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+SWEEP = ["engine=manual", "logger=none", "model.width=8", "train.steps=6", "train.log_every=2",
+         "train.progress=false", "seed=0,1", "optim.lr=0.05,0.1", "model.depth=1,2"]
+
+
+@needs_hooks
+def test_the_batched_sweep_equals_the_basic_sweep(tmp_path):
+    basic = run_app("-m", *SWEEP, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr[-3000:]
+    batched = run_app("-m", "hydra/sweeper=batched", *SWEEP, f"hydra.sweep.dir={tmp_path / 'batched'}",
+                      cwd=tmp_path)
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert "8 points in 2 jobs of replicas (4, 4) and 0 jobs alone" in batched.stdout + batched.stderr
+
+    basic_runs, batched_runs = load_sweep(tmp_path / "basic"), load_sweep(tmp_path / "batched")
+    assert [r.path.name for r in batched_runs] == [r.path.name for r in basic_runs] == [str(j) for j in range(8)]
+    for a, b in zip(basic_runs, batched_runs, strict=True):
+        assert b.overrides == a.overrides
+        for name in ("overrides.yaml", "config.yaml"):
+            assert (b.path / ".hydra" / name).read_text() == (a.path / ".hydra" / name).read_text()
+        hydra_a = yaml.safe_load((a.path / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        hydra_b = yaml.safe_load((b.path / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert hydra_b["job"] == hydra_a["job"]
+        assert hydra_b["runtime"]["output_dir"] == str(b.path.resolve())
+        assert (b.path / "main.log").is_file()
+        assert_same_run(a.path, b.path)
+    # the groups' jobs are not job folders of the sweep
+    groups = sorted((tmp_path / "batched" / ".batched").iterdir())
+    assert [g.name for g in groups] == ["0", "1"]
+    listed = json.loads((groups[0] / "summary.json").read_text())["replicas"]
+    assert [Path(r["run_dir"]).name for r in listed] == ["0", "2", "4", "6"]
+
+
+@needs_hooks
+def test_a_single_run_of_replicas_reads_as_a_sweep(tmp_path):
+    run_dir = tmp_path / "run"
+    bad = run_app("engine=manual", "train.replicas=3", "train.replica_lrs=[0.1,0.2]", cwd=tmp_path)
+    assert bad.returncode == 2 and "train.replica_lrs" in bad.stderr and "Traceback" not in bad.stderr
+    proc = run_app("engine=manual", "logger=none", "model.width=8", "train.steps=4", "train.log_every=2",
+                   "train.replicas=3", "train.replica_lrs=[0.05,0.1,0.2]", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = load_sweep(run_dir)
+    assert [r.overrides for r in runs] == [{"engine": "manual", "logger": "none", "model.width": "8",
+                                            "train.steps": "4", "train.log_every": "2",
+                                            "seed": str(k), "optim.lr": str(lr)}
+                                           for k, lr in enumerate((0.05, 0.1, 0.2))]
+    assert [r.status for r in runs] == ["completed"] * 3
+    assert [r.get("optim.lr") for r in runs] == [0.05, 0.1, 0.2] and [r.get("seed") for r in runs] == [0, 1, 2]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
