@@ -75,16 +75,17 @@ def backend_id(backend: Backend) -> str:
     return f"{backend.name}-{backend.dtype}-{backend.device}"
 
 
-def backend_params(names: tuple[str, ...] = ("numpy", "torch"),
-                   dtypes: tuple[str, ...] = DTYPES) -> list:
+def backend_params(names: tuple[str, ...] = ("numpy", "torch"), dtypes: tuple[str, ...] = DTYPES,
+                   devices: list[str] | None = None) -> list:
     """``backends()`` as pytest params; those on cuda carry ``pytest.mark.cuda``."""
     return [pytest.param(b, id=backend_id(b), marks=[pytest.mark.cuda] if b.device != "cpu" else [])
-            for b in backends(names, dtypes)]
+            for b in backends(names, dtypes, devices)]
 
 
-def device_params() -> list:
+def device_params(devices: list[str] | None = None) -> list:
     """``DEVICES`` as pytest params; cuda carries ``pytest.mark.cuda``."""
-    return [pytest.param(d, id=d, marks=[pytest.mark.cuda] if d != "cpu" else []) for d in DEVICES]
+    return [pytest.param(d, id=d, marks=[pytest.mark.cuda] if d != "cpu" else [])
+            for d in (DEVICES if devices is None else devices)]
 
 
 def reference_tensor(a: np.ndarray, backend: Backend, requires_grad: bool = False) -> torch.Tensor:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICES, network_data
+from helpers import device_params, network_data
 
 import testbed.engine
 from testbed.engine import MLP, OPTIMIZERS, Backend, MLPSpec, clip_grad_norm, get_optimizer
@@ -110,7 +110,7 @@ OPTIMIZER_HYPER = {"sgd": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay
                    "adagrad": dict(lr=0.1, weight_decay=1e-3)}
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_a_training_step_builds_no_graph(optimizer, device):
     backend = Backend("torch", "float64", device)

@@ -29,6 +29,7 @@ from helpers import (
     Backend,
     LossOp,
     backend_params,
+    device_params,
     helper_test_op,
     op_case_kwargs,
     reference_tensor,
@@ -79,10 +80,16 @@ def test_bce_with_logits_is_accurate_where_the_loss_is_tiny(backend, side):
     assert abs(float(ours) - float(exact)) <= 16 * np.finfo(backend.dtype).eps * float(exact)
 
 
-def test_the_numpy_backend_runs_on_cpu_only():
+def test_the_numpy_backend_runs_on_cpu_only_and_cuda_params_are_marked():
     with pytest.raises(ValueError, match="cpu only"):
         Backend("numpy", "float64", "cuda")
-    assert all(b.values[0].device == "cpu" for b in backend_params(names=("numpy",)))
+    params = backend_params(devices=["cpu", "cuda"])  # as on a machine with a GPU
+    assert {(p.values[0].name, p.values[0].device) for p in params} == {
+        ("numpy", "cpu"), ("torch", "cpu"), ("torch", "cuda")}
+    for param in params:
+        assert (pytest.mark.cuda in param.marks) == (param.values[0].device == "cuda")
+    assert [p.id for p in device_params(["cpu", "cuda"])] == ["cpu", "cuda"]
+    assert pytest.mark.cuda in device_params(["cpu", "cuda"])[1].marks
 
 
 def test_helper_test_op_fails_a_wrong_backward():

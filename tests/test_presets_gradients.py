@@ -140,7 +140,8 @@ def _torch_layer_jacobians(spec: MLPSpec, params: dict, x: np.ndarray) -> list[n
     out = []
     for layer in range(1, spec.depth):
         w, b = weights[f"W{layer + 1}"], weights[f"b{layer + 1}"]
-        per_example = [torch.func.jacrev(lambda a, w=w, b=b: phi(w @ a + b))(a) for a in activations[layer - 1]]
+        layer_map = lambda a, w=w, b=b: phi(w @ a + b)  # noqa: E731 a^l -> a^{l+1}
+        per_example = [torch.func.jacrev(layer_map)(a) for a in activations[layer - 1]]
         out.append(torch.stack(per_example).numpy())
     return out
 

@@ -127,9 +127,9 @@ def _unknown_keys(cfg: DictConfig, node: Any = Config, prefix: str = "") -> list
     return unknown
 
 
-def check_config(cfg: DictConfig, datasets: dict | None = None) -> None:
+def check_config(cfg: DictConfig, loaded: set | None = None) -> None:
     """Schema extras, impossible values, and inputs that must exist: the data (IDX files are
-    loaded; ``datasets`` caches what was loaded) and the device."""
+    loaded, once per folder and options in ``loaded``) and the device."""
     plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     for key in _unknown_keys(plain):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -148,13 +148,13 @@ def check_config(cfg: DictConfig, datasets: dict | None = None) -> None:
                               "holding the IDX files")
         options = {**OmegaConf.to_container(cfg.data.options, resolve=True), "path": cfg.data.path}
         key = repr(sorted(options.items()))
-        if datasets is None or key not in datasets:
+        if loaded is None or key not in loaded:
             try:
                 load_dataset(name, seed=cfg.data.seed, **options)
             except DataError as error:
                 raise ConfigError(f"data.path='{cfg.data.path}': {error}") from None
-            if datasets is not None:
-                datasets[key] = True
+            if loaded is not None:
+                loaded.add(key)
     if str(cfg.device) == "cuda":
         resolve_device("cuda")
 
@@ -217,7 +217,7 @@ def _check(overrides: list[str], multirun: bool) -> Checked:
     register_configs()
     GlobalHydra.instance().clear()
     checked = Checked(0)
-    datasets: dict = {}
+    loaded: set = set()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
             queue = _expand(overrides)
@@ -226,13 +226,13 @@ def _check(overrides: list[str], multirun: bool) -> Checked:
                 variant = queue.pop(0)
                 try:
                     cfg = compose("config", overrides=variant, return_hydra_config=True)
-                    check_config(cfg, datasets)
+                    check_config(cfg, loaded)
+                    if checked.count == 0:
+                        _check_output(cfg, multirun, checked)
                 except ConfigError:
                     raise
                 except Exception as error:
                     raise ConfigError(explain(error)) from None
-                if checked.count == 0:
-                    _check_output(cfg, multirun, checked)
                 checked.count += 1
                 # sweeps that an experiment preset declares in hydra.sweeper.params
                 params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}

@@ -50,7 +50,8 @@ CLAIMS = [
     Claim(NAME, "He et al. 2015, Fig. 3",
           SETUP.format(depth=30, optim=SGD),
           "30 layers: with Xavier init training completely stalls; with He init it converges",
-          f"in >= 2/3 of the seeds He ends with test accuracy >= {TRAINS_ACC} and Xavier with <= {STALLS_ACC} "
+          f"in >= 2/3 of the seeds He ends with test accuracy >= {TRAINS_ACC} and Xavier with "
+          f"<= {STALLS_ACC} "
           "(chance 0.1)"),
     Claim(NAME, "He et al. 2015, Fig. 2",
           SETUP.format(depth=22, optim=SGD),
@@ -98,7 +99,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims = [replace(c) for c in CLAIMS]
     cells = {}
     for run in runs:
-        cells.setdefault((_optim(run), int(run.get("model.depth")), str(run.get("model.init"))), []).append(run)
+        key = (_optim(run), int(run.get("model.depth")), str(run.get("model.init")))
+        cells.setdefault(key, []).append(run)
     depths = sorted({int(r.get("model.depth")) for r in runs})
     shallow, deep = depths[0], depths[-1]
 
@@ -139,7 +141,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     earlier = bool(he_steps) and bool(xa_steps) and float(np.median(he_steps)) < float(np.median(xa_steps))
     claims[2].setup = claims[2].setup.replace("22 hidden", f"{shallow} hidden")
     claims[2].measured = (f"first step with test accuracy >= {STARTED_ACC}: He {_steps(he_steps)}, Xavier "
-                          f"{_steps(xa_steps)}; final test accuracy He {_join(he_acc)}, Xavier {_join(xa_acc)}")
+                          f"{_steps(xa_steps)}; final test accuracy He {_join(he_acc)}, "
+                          f"Xavier {_join(xa_acc)}")
     claims[2].passed = both and earlier
     claims[2].figure = claims[1].figure
 
@@ -149,7 +152,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims[3].setup = claims[3].setup.replace("30 hidden", f"{deep} hidden")
     claims[3].measured = f"final test accuracy with Adam, Xavier: {_join(adam_xa)}; He: {_join(adam_he)}"
     claims[3].passed = bool(adam_xa) and fraction(a >= TRAINS_ACC for a in adam_xa) >= SHARE
-    claims[3].figure = _plot_training(cells, depths, "adam", figures_dir, "he_vs_xavier_adam", "Adam, lr 1e-3")
+    claims[3].figure = _plot_training(cells, depths, "adam", figures_dir, "he_vs_xavier_adam",
+                                      "Adam, lr 1e-3")
 
     if smoke:
         for claim in claims:
@@ -193,7 +197,8 @@ def _plot_init(cells, depths, figures_dir) -> str:
                     label=f"{INIT_LABEL[init]}, {depth} layers")
             ax.fill_between(layers, profiles.min(0), profiles.max(0), color=COLORS[init], alpha=0.15)
             ax.plot(layers, (sw2 / 2) ** ((depth - layers) / 2), ":", color="k", lw=1,
-                    label="theory (sw2/2)^((top-l)/2)" if (depth, init) == (depths[0], "kaiming_normal") else None)
+                    label="theory (sw2/2)^((top-l)/2)" if (depth, init) == (depths[0], "kaiming_normal")
+                    else None)
     ax.set_yscale("log")
     ax.set_xlabel("hidden layer l (1 = next to the input)")
     ax.set_ylabel("||dL/ds^l|| / ||dL/ds^top||  (log)")

@@ -28,7 +28,8 @@ SMOKE = ["optim=sgd,adam", "optim.lr=0.00001,0.1,10.0", "seed=0", "model.width=1
          "train.log_every=2"]
 
 OPTIMISERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
-LABEL = {"sgd": "SGD", "momentum": "SGD + momentum", "adagrad": "AdaGrad", "rmsprop": "RMSProp", "adam": "Adam"}
+LABEL = {"sgd": "SGD", "momentum": "SGD + momentum", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
+         "adam": "Adam"}
 COLORS = {"sgd": "tab:gray", "momentum": "tab:orange", "adagrad": "tab:green", "rmsprop": "tab:purple",
           "adam": "tab:blue"}
 TOO_LARGE, TOO_SMALL = 10.0, 1e-5
@@ -91,8 +92,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
 
     # -- L1: too large diverges
     shares = {o: fraction(r.status == "diverged" for r in by.get((o, large), [])) for o in optimisers}
-    at_step = {o: [r.summary.get("diverged_at_step") for r in by.get((o, large), []) if r.status == "diverged"]
-               for o in optimisers}
+    at_step = {o: [r.summary.get("diverged_at_step") for r in by.get((o, large), [])
+                   if r.status == "diverged"] for o in optimisers}
     claims[0].measured = f"share diverged at lr {fmt(large)}: " + "; ".join(
         f"{LABEL[o]} {shares[o]:.2f} (at steps {sorted(at_step[o])})" for o in optimisers)
     claims[0].passed = bool(shares) and all(s >= DIVERGED_SHARE for s in shares.values())
@@ -108,7 +109,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                 and all(f < SLOW_FRACTION * best_fall for f in falls))
         ok = ok and good
         parts.append(f"{LABEL[o]}: fall {', '.join(fmt(f) for f in falls)} vs {fmt(best_fall)} at best lr "
-                     f"{fmt(best.get(o, math.nan))} ({fmt(max(falls) / best_fall if falls else math.nan)} of it)")
+                     f"{fmt(best.get(o, math.nan))} "
+                     f"({fmt(max(falls) / best_fall if falls else math.nan)} of it)")
     claims[1].measured = f"test-loss fall over 200 steps at lr {fmt(small)}: " + "; ".join(parts)
     claims[1].passed = ok
     claims[1].figure = _plot_curves(by, optimisers, small, best, large, figures_dir)
@@ -186,13 +188,15 @@ def _plot_curves(by, optimisers, small, best, large, figures_dir) -> str:
                 if run.status == "diverged":
                     ax.plot(run.summary.get("diverged_at_step", steps[-1] if steps.size else 0), 50, "x",
                             color=color, ms=8, mew=2)
-                ax.plot(steps, loss, color=color, alpha=0.7, label=f"{what}: lr {fmt(lr)}" if k == 0 else None)
+                ax.plot(steps, loss, color=color, alpha=0.7,
+                        label=f"{what}: lr {fmt(lr)}" if k == 0 else None)
         ax.set_yscale("log")
         ax.set_ylim(1e-2, 1e2)
         ax.set_xlabel("step")
         ax.set_title(LABEL[o], fontsize=9)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("full test-set loss (log; x = diverged there)")
-    fig.suptitle("Test loss during training at the smallest, the best and the largest rate (one line per seed)",
+    fig.suptitle("Test loss during training at the smallest, the best and the largest rate "
+                 "(one line per seed)",
                  fontsize=9)
     return save_figure(fig, figure_path(figures_dir, "lr_failure_curves"))

@@ -46,7 +46,8 @@ CLAIMS = [
           SETUP + "; final loss on the whole training set against the rate",
           "the default alpha = 0.001 works across problems; the hyper-parameters typically require little "
           "tuning",
-          f"Adam at alpha = 1e-3 ends with training loss <= {FITS_LOSS} in every seed, and the rates at which "
+          f"Adam at alpha = 1e-3 ends with training loss <= {FITS_LOSS} in every seed, and the rates at "
+          "which "
           f"Adam's seed-mean final loss is <= {FITS_LOSS} (no seed diverged) include >= {MIN_GOOD_RUN} "
           "consecutive grid points (one decade) containing 1e-3"),
 ]
@@ -84,7 +85,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
 
     best = {}
     for optimiser in optimisers:
-        scored = [(np.mean([speed(r) for r in by[(optimiser, lr)]]), lr) for lr in lrs if (optimiser, lr) in by]
+        scored = [(np.mean([speed(r) for r in by[(optimiser, lr)]]), lr) for lr in lrs
+                  if (optimiser, lr) in by]
         scored = [s for s in scored if math.isfinite(s[0])]
         if scored:
             best[optimiser] = min(scored)[1]
@@ -95,15 +97,16 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims[0].measured = "best rate and speed (mean +- std over seeds): " + "; ".join(
         f"{LABEL[o]} lr {fmt(best[o])}: {stats[o][0]:.3f} +- {stats[o][1]:.3f}" for o in ranking)
     others = [stats[o][0] for o in stats if o != "adam"]
-    claims[0].passed = ("adam" in stats and bool(others) and stats["adam"][0] < min(others)) if stats else None
+    claims[0].passed = ("adam" in stats and bool(others) and stats["adam"][0] < min(others)
+                        if stats else None)
     claims[0].figure = _plot_curves(by, best, figures_dir)
     if not smoke and claims[0].passed is False and ranking:
         winner = ranking[0]
         gap = stats["adam"][0] - stats[winner][0] if "adam" in stats else math.nan
         spread = math.hypot(stats["adam"][1], stats[winner][1]) if "adam" in stats else math.nan
-        claims[0].note = (f"{LABEL[winner]} at its best rate was faster than Adam by {gap:.3f} in mean log-loss "
-                          f"(seed spread {spread:.3f}): on a small, well-conditioned problem a tuned competitor "
-                          "comes close or wins, as claims.md warns.")
+        claims[0].note = (f"{LABEL[winner]} at its best rate was faster than Adam by {gap:.3f} in mean "
+                          f"log-loss (seed spread {spread:.3f}): on a small, well-conditioned problem a "
+                          "tuned competitor comes close or wins, as claims.md warns.")
 
     # -- K2: Adam's default works, and a decade of rates trains
     adam_default = [final_loss(r) for r in by.get(("adam", ADAM_DEFAULT_LR), [])]
@@ -156,8 +159,8 @@ def _plot_curves(by, best, figures_dir) -> str:
         n = min(len(c[1]) for c in curves)
         values = np.array([c[1][:n] for c in curves])
         steps = curves[0][0][:n]
-        ax.plot(steps, np.exp(np.mean(np.log(values), 0)), color=COLORS[optimiser], lw=2.5 if optimiser == "adam"
-                else 1.5, label=f"{LABEL[optimiser]} (best lr {fmt(lr)})")
+        ax.plot(steps, np.exp(np.mean(np.log(values), 0)), color=COLORS[optimiser],
+                lw=2.5 if optimiser == "adam" else 1.5, label=f"{LABEL[optimiser]} (best lr {fmt(lr)})")
         ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[optimiser], alpha=0.15)
     ax.set_yscale("log")
     ax.set_xlabel("training step (minibatch 128)")

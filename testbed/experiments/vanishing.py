@@ -216,7 +216,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
 
     # -- V5: sigmoid top hidden layer saturates at 0 during training
     sat_runs = cell(deep, "sigmoid", "standard")
-    hits, lows, lower_mins, steps_at = [], [], [], []
+    hits, lows, lower_mins, steps_at, still_falling = [], [], [], [], []
     for run in sat_runs:
         steps, top = series(run, f"act/mean/L{deep}")
         below = [series(run, f"act/mean/L{layer}")[1] for layer in range(1, deep)]
@@ -225,12 +225,18 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
         lower_mins.append(min(b[i] for b in below) if below else math.nan)
         steps_at.append(int(steps[i]))
         hits.append(top[i] <= SIGMOID_TOP_MEAN_MAX and all(b[i] >= SIGMOID_LOWER_MEAN_MIN for b in below))
+        still_falling.append(i == len(top) - 1)
     claims[4].measured = (
         f"top hidden layer's mean activation: 0.5 at init, lowest per seed {', '.join(fmt(v) for v in lows)} "
         f"(at steps {', '.join(map(str, steps_at))}); lowest lower-layer mean there "
         f"{', '.join(fmt(v) for v in lower_mins)}; {sum(hits)} of {len(hits)} seeds meet the criterion"
         if sat_runs else "no runs")
     claims[4].passed = _verdict(bool(hits) and fraction(hits) >= 2 / 3, lows)
+    if claims[4].passed is False and all(still_falling):
+        claims[4].note = (f"The top layer moves the paper's way (from 0.5 down to {fmt(min(lows))}, the "
+                          "layers below stay near 0.5) and was still falling at the last step: the 1000-step "
+                          "budget (about 7 epochs of minibatch 10) ended before it reached the "
+                          "pre-registered 0.1.")
     claims[4].figure = _plot_saturation(cells, depths, figures_dir)
 
     # -- V6: mean singular value of the layer Jacobians
