@@ -125,6 +125,15 @@ def trajectories(table: Table) -> None:
 
 
 def main() -> None:
+    # one thread: the tensors are tiny, and OpenMP/OpenBLAS threads spin-waiting for a core on a
+    # busy machine make such code many times slower, not faster
+    helpers.torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(1)
     start = time.perf_counter()
     table = Table()
     suites = [("ops", ops), ("finite differences", finite_differences), ("networks", networks),
