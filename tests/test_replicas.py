@@ -45,7 +45,8 @@ def test_each_replica_equals_its_configuration_run_alone(backend, name, hyper, b
     spec = MLPSpec(6, 4, depth=3, width=9, activation="tanh")
     be = Backend(backend, "float64")
     lrs = base_lr * np.array([0.5, 1.0, 2.0])  # one learning rate per replica
-    stacked = MLP(spec, {k: be.asarray(v) for k, v in init_replica_params(spec, SEEDS, INITS, SCALES).items()})
+    initial = init_replica_params(spec, SEEDS, INITS, SCALES)
+    stacked = MLP(spec, {k: be.asarray(v) for k, v in initial.items()})
     stacked_opt = get_optimizer(name, lr=be.asarray(lrs), **hyper)
     alone = []
     for seed, init, scale, lr in zip(SEEDS, INITS, SCALES, lrs, strict=True):
