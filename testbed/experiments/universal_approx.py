@@ -21,7 +21,7 @@ from testbed.experiments.base import Claim, figure_path, group_by, pyplot, save_
 from testbed.tracking.sweep import Run
 
 NAME = "universal_approx"
-SMOKE = ["model.width=1,4", "seed=0", "train.steps=50", "train.log_every=25"]
+SMOKE = ["model.width=2", "seed=0", "train.steps=50", "train.log_every=25"]
 
 # the targets of testbed.data.synthetic.sine, on [-1, 1]
 TARGETS = {
