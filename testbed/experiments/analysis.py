@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from testbed.engine import MLP, Backend, MLPSpec
+from testbed.engine import MLP, Backend, MLPSpec, to_numpy
 
 NUMPY64 = Backend("numpy", "float64")
 
@@ -144,19 +144,20 @@ def end_to_end_jacobian(net: MLP, x0) -> np.ndarray:
     Row k is the engine's input gradient for the upstream gradient e_k: the K rows of a batch of K
     copies of x0 are independent, so one backward with the identity as dL/d(output) gives J.
     """
-    backend = Backend(*_backend_of(net))
+    backend = _backend_of(net)
     k = net.spec.out_features
     x = backend.asarray(np.tile(np.asarray(x0, dtype=np.float64), (k, 1)))
     net.forward(x)
     jac = net.backward(backend.asarray(np.eye(k)), input_grad=True)
-    return np.asarray(jac.cpu().numpy() if hasattr(jac, "cpu") else jac, dtype=np.float64)
+    return to_numpy(jac).astype(np.float64)
 
 
-def _backend_of(net: MLP) -> tuple[str, str]:
+def _backend_of(net: MLP) -> Backend:
+    """The backend (library, dtype, device) that holds the net's parameters."""
     w = net.params["W1"]
     if isinstance(w, np.ndarray):
-        return "numpy", str(w.dtype)
-    return "torch", str(w.dtype).removeprefix("torch.")
+        return Backend("numpy", str(w.dtype))
+    return Backend("torch", str(w.dtype).removeprefix("torch."), w.device.type)
 
 
 def maximise_activation(net: MLP, units, starts: np.ndarray, radius: float, steps: int = 300,

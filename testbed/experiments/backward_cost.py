@@ -3,10 +3,11 @@ FLOP count (2L - 1) / L (``testbed.theory.backward_cost``).
 
 A measurement, not a training sweep: ``compute`` times, for square MLPs (in = width = out, tanh,
 MSE, batch 256, float32, the engine on its torch backend), the forward pass with the loss and the
-forward plus backward pass (``loss_and_grads``), as medians of repeats after warm-up, on the CPU
-and, where one is present, on a CUDA device. Backward time = median(forward + backward) -
-median(forward). Small shapes are bound by per-op overhead (Python, kernel launches), not FLOPs:
-the criterion is checked at the largest width only, the others are shown.
+forward plus backward pass (``loss_and_grads``), repeated back to back after warm-up, on the CPU
+and, where one is present, on a CUDA device. Backward/forward = min(forward + backward) /
+min(forward) - 1 over the repeats (noise from other processes only adds time), the ratio of the
+medians reported beside it. Small shapes are bound by per-op overhead (Python, kernel launches), not FLOPs: the criterion is checked at the
+largest width only, the others are shown.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ LAYERS = (1, 2, 4, 8)
 WIDTHS = (64, 256, 1024)
 BATCH = 256
 WARMUP = 2
-REPEATS = 11
+REPEATS = 25
 THREADS = 1  # one intra-op thread: the timing does not depend on what else shares the 2 cores
 FACTOR = 1.5
 
@@ -39,8 +40,9 @@ COST = Claim(
     preset=NAME, paper=PAPER,
     setup=f"The engine's MLP on its torch backend, float32, square layers (in = width = out), tanh, MSE, "
           f"batch {BATCH}, L = {', '.join(map(str, LAYERS))} layers, widths {', '.join(map(str, WIDTHS))}; "
-          f"median of {REPEATS} timings after {WARMUP} warm-ups, {THREADS} CPU thread; backward = "
-          "median(forward+backward) - median(forward).",
+          f"{REPEATS} repeats after {WARMUP} warm-ups, {THREADS} CPU thread, each repeat timing forward "
+          "and forward+backward back to back; backward/forward = min(fwd+bwd)/min(fwd) - 1 (the "
+          "ratio of medians shown beside it).",
     paper_says="Reverse mode costs a small constant times the function. For a dense MLP the matmul "
                "FLOPs give backward/forward = (2L-1)/L (dW for every layer, dX for all but the first).",
     criterion=f"At width {WIDTHS[-1]} (FLOP-bound), for every L the measured backward/forward time ratio "
@@ -78,9 +80,15 @@ def time_mlp(num_layers: int, width: int, batch: int, device: str, repeats: int,
             forward.append(middle - start)
             both.append(end - middle)
     t_fwd, t_both = float(np.median(forward)), float(np.median(both))
+    # Other processes only ever add time: the fastest repeat is the best estimate of a pass's own
+    # cost (Python's timeit makes the same argument), so the tested ratio uses the minima; the
+    # ratio of the medians is kept beside it.
+    ratio = min(both) / min(forward) - 1
     flops = mlp_flops(batch, spec.layer_sizes)
     return {"layers": num_layers, "width": width, "batch": batch, "device": device,
-            "forward_s": t_fwd, "forward_backward_s": t_both, "ratio": (t_both - t_fwd) / t_fwd,
+            "forward_s": t_fwd, "forward_backward_s": t_both, "ratio": ratio,
+            "ratio_of_medians": t_both / t_fwd - 1, "forward_min_s": min(forward),
+            "forward_backward_min_s": min(both),
             "flop_ratio": flops.backward / flops.forward, "forward_gflops": flops.forward / t_fwd / 1e9}
 
 
@@ -148,7 +156,8 @@ def analyse(result: dict, figures_dir: Path, smoke: bool = False) -> list[Claim]
     return [replace(
         COST, passed=passed, figure=figure,
         measured=f"CPU, width {widest}: " + ", ".join(
-            f"L={r['layers']}: {r['ratio']:.2f} vs {r['flop_ratio']:.3f}" for r in tested)
+            f"L={r['layers']}: {r['ratio']:.2f} (medians {r.get('ratio_of_medians', r['ratio']):.2f}) vs "
+            f"{r['flop_ratio']:.3f}" for r in tested)
         + f" (forward {min(r['forward_gflops'] for r in tested):.0f}-"
           f"{max(r['forward_gflops'] for r in tested):.0f} GFLOP/s). Overhead-bound width "
           f"{small[0]['width'] if small else '-'}: ratios "

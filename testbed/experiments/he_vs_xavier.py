@@ -1,9 +1,9 @@
 """He et al. 2015, Figs. 2-3: He init trains a deep ReLU net, Xavier stalls at 30 layers; Adam for contrast.
 
 Two sweeps (conf/experiment/he_vs_xavier.yaml and the same with ``optim=adam optim.lr=0.001``): ReLU
-MLPs of 22 and 30 hidden layers x 128 units on the digits, zero biases, He (kaiming_normal, std
+MLPs of 22 and 30 hidden layers x 64 units on the digits, zero biases, He (kaiming_normal, std
 sqrt(2/n)) or Xavier (xavier_normal, std sqrt(1/n) at equal widths) init, SGD + momentum 0.9 at lr 0.01
-(the paper's solver), or Adam at 1e-3; 1000 steps of minibatch 64, seeds {0, 1, 2}.
+(the paper's solver), or Adam at 1e-3; 600 steps of minibatch 64, seeds {0, 1, 2}.
 
 Theory, fixed before running: for relu chi_1 = sw2 / 2 at every q, so per layer ||dL/ds^l|| /
 ||dL/ds^{l+1}|| = sqrt(sw2 / 2): 1 for He (sw2 = 2), 1/sqrt(2) for Xavier (sw2 = 1); the forward signal
@@ -37,7 +37,7 @@ THEORY_FACTOR = 2.0
 INIT_LABEL = {"kaiming_normal": "He (std sqrt(2/n))", "xavier_normal": "Xavier (std sqrt(1/n))"}
 COLORS = {"kaiming_normal": "tab:green", "xavier_normal": "tab:red"}
 
-SETUP = ("digits, ReLU MLP {depth} hidden x 128, zero biases, {optim}, minibatch 64, 1000 steps, 3 seeds")
+SETUP = ("digits, ReLU MLP {depth} hidden x 64, zero biases, {optim}, minibatch 64, 600 steps, 3 seeds")
 SGD = "SGD + momentum 0.9, lr 0.01"
 
 CLAIMS = [
@@ -88,6 +88,11 @@ def _first_step(run, level: float) -> float:
     return float(steps[hit[0]]) if hit.size else math.inf
 
 
+def _peak_acc(run) -> float:
+    _, acc = series(run, "test/acc")
+    return float(np.nanmax(acc)) if acc.size else math.nan
+
+
 def _first_top(run) -> float:
     depth = int(run.get("model.depth"))
     profile = layer_profile(run, "grad_norm/s", 0, range(1, depth + 1))
@@ -116,8 +121,9 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
             centre = geomean(measured)
             ok = ok and max(centre / predicted, predicted / centre) <= THEORY_FACTOR
             rows.append((depth, init, centre, predicted, measured))
-    claims[0].measured = "; ".join(f"{'He' if i == 'kaiming_normal' else 'Xavier'} depth {d}: {fmt(c)} "
-                                   f"(seeds {_join(m)}) vs {fmt(p)}" for d, i, c, p, m in rows)
+    claims[0].measured = "measured vs theory: " + "; ".join(
+        f"{'He' if i == 'kaiming_normal' else 'Xavier'} depth {d}: {fmt(c)} (seeds {_join(m)}) vs {fmt(p)}"
+        for d, i, c, p, m in rows)
     claims[0].passed = ok if all(math.isfinite(r[2]) for r in rows) else None
     claims[0].figure = _plot_init(cells, depths, figures_dir)
 
@@ -125,7 +131,10 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     he = [_final_acc(r) for r in cell("momentum", deep, "kaiming_normal")]
     xa = [_final_acc(r) for r in cell("momentum", deep, "xavier_normal")]
     claims[1].setup = claims[1].setup.replace("30 hidden", f"{deep} hidden")
-    claims[1].measured = f"final test accuracy, He: {_join(he)}; Xavier: {_join(xa)}"
+    he_peak = [_peak_acc(r) for r in cell("momentum", deep, "kaiming_normal")]
+    xa_peak = [_peak_acc(r) for r in cell("momentum", deep, "xavier_normal")]
+    claims[1].measured = (f"final test accuracy, He: {_join(he)}; Xavier: {_join(xa)}. Best over the logged "
+                          f"steps (not the criterion), He: {_join(he_peak)}; Xavier: {_join(xa_peak)}")
     claims[1].passed = (bool(he) and bool(xa) and fraction(a >= TRAINS_ACC for a in he) >= SHARE
                         and fraction(a <= STALLS_ACC for a in xa) >= SHARE)
     claims[1].figure = _plot_training(cells, depths, "momentum", figures_dir, "he_vs_xavier_sgd",
@@ -150,7 +159,8 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     adam_xa = [_final_acc(r) for r in cell("adam", deep, "xavier_normal")]
     adam_he = [_final_acc(r) for r in cell("adam", deep, "kaiming_normal")]
     claims[3].setup = claims[3].setup.replace("30 hidden", f"{deep} hidden")
-    claims[3].measured = f"final test accuracy with Adam, Xavier: {_join(adam_xa)}; He: {_join(adam_he)}"
+    claims[3].measured = (f"final test accuracy with Adam, Xavier: {_join(adam_xa)}; He: {_join(adam_he)}. "
+                          f"With SGD + momentum Xavier ended at {_join(xa)}")
     claims[3].passed = bool(adam_xa) and fraction(a >= TRAINS_ACC for a in adam_xa) >= SHARE
     claims[3].figure = _plot_training(cells, depths, "adam", figures_dir, "he_vs_xavier_adam",
                                       "Adam, lr 1e-3")
@@ -159,13 +169,29 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
         for claim in claims:
             claim.note = "smoke run: toy sizes, the verdict means nothing"
     else:
-        why = {0: "At 128 units the per-layer fluctuations of a relu net multiply over 20-30 layers; the "
+        why = {0: "At 64 units the per-layer fluctuations of a relu net multiply over 20-30 layers; the "
                   "measured ratio left the x/ 2 band around the infinite-width value.",
-               1: "See the figure: within 1000 steps on the digits the 30-layer runs did not split into "
+               1: "See the figure: within 600 steps on the digits the 30-layer runs did not split into "
                   "'He trains, Xavier stalls' in enough seeds.",
-               2: "The paper's 22-layer Xavier net converged after many ImageNet epochs; within our 1000 "
+               2: "The paper's 22-layer Xavier net converged after many ImageNet epochs; within our 600 "
                   "steps it did not (or He was not earlier), see the figure.",
-               3: "Adam did not train the 30-layer Xavier net within 1000 steps in enough seeds."}
+               3: "Adam did not train the 30-layer Xavier net within 600 steps in enough seeds."}
+        if claims[1].passed is False and xa and max(xa_peak) <= STALLS_ACC and min(he_peak, default=0) > 0.3:
+            claims[1].note = (
+                f"Half of the claim holds: Xavier never left chance (best test accuracy {fmt(max(xa_peak))} "
+                f"over all logged steps, every seed). He trains, but slowly and unevenly at 30 x 64 with "
+                f"SGD + momentum at the paper's lr 0.01 (best {_join(he_peak)}, final {_join(he)}): it does "
+                f"not end at >= {TRAINS_ACC} in 2 of 3 seeds within 600 steps.")
+        if claims[2].passed is False and earlier:
+            claims[2].note = (
+                f"He starts earlier as the paper says (accuracy >= {STARTED_ACC} at steps {_steps(he_steps)}), "
+                "but Xavier's 22-layer net, whose error only starts to fall late in the run (see the figure), "
+                "does not reach it within 600 steps in 2 of 3 seeds: 'both converge' needs a longer budget "
+                "than ours.")
+        if claims[3].passed is False and adam_xa and min(adam_xa) > max(xa + [STALLS_ACC]):
+            claims[3].note = (
+                f"Adam does move the net SGD leaves at chance (final accuracy {_join(adam_xa)} vs {_join(xa)} "
+                f"with SGD + momentum), but not to >= {TRAINS_ACC} in 2 of 3 seeds within 600 steps.")
         for index, claim in enumerate(claims):
             if claim.passed is False and not claim.note:
                 claim.note = why[index]
