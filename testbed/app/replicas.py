@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -427,12 +428,15 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             [], dict.fromkeys(CMP_KEYS, 0.0), replica_log(k)))
     sampler = replicas[0].sampler
     steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
+    # plain values: an OmegaConf lookup per replica and step would cost more than a small step
+    log_every, keep_params = cfg.train.log_every, cfg.train.save_params
+    limits = SimpleNamespace(divergence_factor=cfg.train.divergence_factor, max_loss=cfg.train.max_loss)
 
     active = list(replicas)  # in stack order
     try:
         for step in range(steps + 1):
             idx = np.stack([r.sampler.next() for r in active])
-            log_now = step % cfg.train.log_every == 0 or step == steps
+            log_now = step % log_every == 0 or step == steps
             update = step < steps
             losses = trainer.step(idx, update=update, record=log_now)
             torch_losses = reference.step(idx, update=update) if reference is not None else None
@@ -445,14 +449,14 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                 for key, value in compared.items():
                     r.cmp_max[key] = max(r.cmp_max[key], value) if math.isfinite(value) else math.inf
                 r.initial_loss = loss if r.initial_loss is None else r.initial_loss
-                if _is_divergent(loss, r.initial_loss, cfg.train):
+                if _is_divergent(loss, r.initial_loss, limits):
                     r.summary.update(status="diverged", diverged_at_step=step,
                                      last_finite_loss=r.last_finite_loss, diverged_loss=loss)
                     row = {"step": step, "train/loss": loss, "status": "diverged", **compared}
                     r.metrics.write(row)
                     r.logger.log(row, step)
                     r.wall_s = time.time() - started
-                    if cfg.train.save_params:
+                    if keep_params:
                         r.final_params = trainer.params_numpy(j)
                     log.info("replica %d (seed %d, lr %g) diverged at step %d: loss %s (last finite %s)",
                              r.k, r.point.seed, r.point.lr, step, loss, r.last_finite_loss)
@@ -495,7 +499,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
         test_losses, test_accs = trainer.evaluate("test")
         for j, r in enumerate(active):
             r.wall_s = time.time() - started
-            if cfg.train.save_params:
+            if keep_params:
                 r.final_params = trainer.params_numpy(j)
             r.summary.update({"final/train_loss": float(train_losses[j]),
                               "final/test_loss": float(test_losses[j])})

@@ -40,10 +40,13 @@ class Claim:
 def run_preset(name: str, sweep_dir: Path, overrides: list[str] | tuple = (), n_jobs: int = 2,
                timeout: float = 1800) -> list[Run]:
     """Run ``+experiment=NAME -m`` with the joblib launcher into ``sweep_dir``; return its runs."""
-    command = [sys.executable, "-m", "testbed", f"+experiment={name}", "-m", "hydra/launcher=joblib",
+    # -m before the overrides: Hydra's argparse takes one run of positional overrides only
+    command = [sys.executable, "-m", "testbed", "-m", f"+experiment={name}", "hydra/launcher=joblib",
                f"hydra.launcher.n_jobs={n_jobs}", "logger=none", f"hydra.sweep.dir={sweep_dir}",
                "train.progress=false", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    # one thread per job: n_jobs processes share the cores, and oversubscribed torch threads
+    # spin (a step measured 20x slower with 2 threads per job on 2 loaded cores)
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])

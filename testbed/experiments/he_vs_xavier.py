@@ -184,14 +184,15 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                 f"not end at >= {TRAINS_ACC} in 2 of 3 seeds within 600 steps.")
         if claims[2].passed is False and earlier:
             claims[2].note = (
-                f"He starts earlier as the paper says (accuracy >= {STARTED_ACC} at steps {_steps(he_steps)}), "
-                "but Xavier's 22-layer net, whose error only starts to fall late in the run (see the figure), "
-                "does not reach it within 600 steps in 2 of 3 seeds: 'both converge' needs a longer budget "
-                "than ours.")
+                f"He starts earlier as the paper says (accuracy >= {STARTED_ACC} at steps "
+                f"{_steps(he_steps)}), but Xavier's 22-layer net, whose error only starts to fall late "
+                "in the run (see the figure), does not reach it within 600 steps in 2 of 3 seeds: "
+                "'both converge' needs a longer budget than ours.")
         if claims[3].passed is False and adam_xa and min(adam_xa) > max(xa + [STALLS_ACC]):
             claims[3].note = (
-                f"Adam does move the net SGD leaves at chance (final accuracy {_join(adam_xa)} vs {_join(xa)} "
-                f"with SGD + momentum), but not to >= {TRAINS_ACC} in 2 of 3 seeds within 600 steps.")
+                f"Adam does move the net SGD leaves at chance (final accuracy {_join(adam_xa)} vs "
+                f"{_join(xa)} with SGD + momentum), but not to >= {TRAINS_ACC} in 2 of 3 seeds within "
+                "600 steps.")
         for index, claim in enumerate(claims):
             if claim.passed is False and not claim.note:
                 claim.note = why[index]

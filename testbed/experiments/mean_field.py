@@ -79,6 +79,16 @@ def predicted_profile(run, x_train) -> np.ndarray:
                                            str(run.get("model.activation")))
 
 
+def _per_example_profiles(run, x_train) -> np.ndarray:
+    """Predicted profiles (N, depth), one per example of the step-0 minibatch, from its own q^1."""
+    from testbed.data import BatchSampler
+
+    sampler = BatchSampler(len(x_train), int(run.get("data.batch_size")), seed=int(run.get("seed")))
+    q1s = _sw2(run) * np.mean(x_train[sampler.next()] ** 2, axis=1)
+    return np.array([predicted_log_grad_norm_profile(q1, int(run.get("model.depth")), _sw2(run), 0.0,
+                                                     str(run.get("model.activation"))) for q1 in q1s])
+
+
 def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     from testbed.data import load_dataset
 
@@ -117,10 +127,16 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
         q_star = fixed_point(TRANSIENT_SW2, 0.0, "tanh")
         fixed = float(chi1(q_star, TRANSIENT_SW2, "tanh")) ** (depth - 1)
         centre = float(np.mean(ratios))
-        claims[1].measured = (f"||dL/ds^1||^2 / ||dL/ds^{depth}||^2 = {fmt(centre)} (seeds "
-                              f"{', '.join(fmt(r) for r in ratios)}); transient prediction {fmt(predicted)} "
-                              f"(q^1 = {fmt(_q1(group[0], data.x_train))}); fixed-point chi_1*^{depth - 1} = "
-                              f"{fmt(fixed)} (q* = {fmt(q_star)})")
+        per_example = float(np.mean([np.mean(np.exp(2 * _per_example_profiles(r, data.x_train)[:, 0]))
+                                     for r in group]))
+        claims[1].measured = (
+            f"||dL/ds^1||^2 / ||dL/ds^{depth}||^2 = {fmt(centre)} (seeds "
+            f"{', '.join(fmt(r) for r in ratios)}); "
+            f"transient prediction {fmt(predicted)} (seeds' minibatch q^1 = "
+            f"{', '.join(fmt(_q1(r, data.x_train)) for r in group)}); fixed-point chi_1*^{depth - 1} = "
+            f"{fmt(fixed)} (q* = {fmt(q_star)}). Post hoc, not the criterion: the minibatch mean of q^1 is "
+            f"pulled up by a few examples with large mean(x^2); averaging the prediction over each example's "
+            f"own q^1 gives {fmt(per_example)}")
         claims[1].passed = centre < 1 and abs(centre / predicted - 1) <= TRANSIENT_TOLERANCE and fixed > 1
         claims[1].figure = _plot_transient(group, data.x_train, q_star, figures_dir)
     else:
@@ -181,8 +197,14 @@ def _plot_transient(group, x_train, q_star, figures_dir) -> str:
     profiles = np.array([measured_profile(r) - measured_profile(r)[-1] for r in group])
     ax.plot(layers, profiles.mean(0), "o-", color="tab:blue", label="measured (mean over 3 seeds)")
     ax.fill_between(layers, profiles.min(0), profiles.max(0), color="tab:blue", alpha=0.2)
-    ax.plot(layers, predicted_profile(group[0], x_train), "k--",
-            label="theory: q^l iterated from q^1 (transient)")
+    predicted = np.array([predicted_profile(r, x_train) for r in group])
+    ax.plot(layers, predicted.mean(0), "k--",
+            label="theory: q^l iterated from the minibatch's q^1 (criterion)")
+    ax.fill_between(layers, predicted.min(0), predicted.max(0), color="k", alpha=0.1)
+    per_example = np.array([0.5 * np.log(np.mean(np.exp(2 * _per_example_profiles(r, x_train)), axis=0))
+                            for r in group])
+    ax.plot(layers, per_example.mean(0), "-.", color="tab:green", lw=1,
+            label="theory averaged over each example's own q^1 (post hoc)")
     fixed = 0.5 * math.log(float(chi1(q_star, TRANSIENT_SW2, "tanh"))) * (depth - layers)
     ax.plot(layers, fixed, ":", color="tab:red", label="theory at the fixed point q* only")
     ax.axhline(0, color="gray", lw=0.5)

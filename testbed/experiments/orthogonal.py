@@ -241,8 +241,9 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     ax.set_yscale("log")
     ax.set_xticks(sorted(set(times["orthogonal"]) | set(times["lecun_normal"])) or [2],
                   [str(n) for n in sorted(set(times["orthogonal"]) | set(times["lecun_normal"]))] or ["2"])
-    ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.set_yticks([10, 20, 50, 100, 200, 500, 1000], ["10", "20", "50", "100", "200", "500", "1000"])
     ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+    ax.set_ylim(top=budget * 1.3)
     ax.set_xlabel("number of layers L (deep linear net, lr = 0.1 / L)")
     ax.set_ylabel(f"SGD steps to test loss <= {criterion:g}")
     ax.set_title("Deep linear nets on digits: training time against depth")
