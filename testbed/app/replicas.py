@@ -416,7 +416,10 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
     for k, (point, run_dir, logger) in enumerate(zip(points, run_dirs, loggers, strict=True)):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", CHECKPOINT, "params_final.npz"):
+        for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
+            leftover.unlink(missing_ok=True)
+        # a new run: nothing from an earlier run in this folder may pass for this one's (as run.train)
+        for stale in ("summary.json", CHECKPOINT, "params_init.npz", "params_final.npz"):
             (run_dir / stale).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(point_config(cfg, point), resolve=True))
         if cfg.train.save_params:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.experiments.base import Claim, figure_path, pyplot, save_figure
-from testbed.experiments.measure import fmt, fraction, number, row_at, series
+from testbed.experiments.measure import eval_series, fmt, fraction, initial_loss, number
 
 NAME = "lr_failure"
 SMOKE = ["optim=sgd,adam", "optim.lr=0.00001,0.1,10.0", "seed=0", "model.width=16", "train.steps=4",
@@ -47,7 +47,8 @@ CLAIMS = [
           f"for each of the five optimisers >= 2/3 of the seeds at lr {fmt(TOO_LARGE)} end with status "
           "'diverged' (loss non-finite or > 1e4 x initial)"),
     Claim(NAME, "Too small a learning rate (LeCun et al. 1998, Sec. 5)",
-          SETUP + f"; lr = {fmt(TOO_SMALL)}; full test-set loss at step 0 and at the end",
+          SETUP + f"; lr = {fmt(TOO_SMALL)}; full test-set loss at init (recomputed with the engine) and at "
+          "the end",
           "a step size far below the critical one converges, but slowly",
           f"for each optimiser at lr {fmt(TOO_SMALL)} every seed completes, its test loss falls, and by less "
           f"than {SLOW_FRACTION} of the fall at that optimiser's best rate (lowest mean final test loss)"),
@@ -66,7 +67,8 @@ def _optimiser(run) -> str:
 
 
 def _initial(run) -> float:
-    return number(row_at(run, 0).get("test/loss"))
+    """Test loss at init (the step-0 row's test/loss is taken after the first update)."""
+    return initial_loss(run, "test")
 
 
 def _final(run) -> float:
@@ -170,7 +172,8 @@ def _plot_final(by, optimisers, lrs, figures_dir) -> str:
                 centre.append(float(np.mean(finite)))
                 low.append(float(finite.min()))
                 high.append(float(finite.max()))
-        ax.errorbar(xs, centre, yerr=[np.subtract(centre, low), np.subtract(high, centre)], fmt="o-", ms=4,
+        yerr = np.maximum(0.0, [np.subtract(centre, low), np.subtract(high, centre)])  # rounding: >= 0
+        ax.errorbar(xs, centre, yerr=yerr, fmt="o-", ms=4,
                     capsize=2, color=COLORS[o], label=LABEL[o])
         if diverged:
             ax.plot(diverged, [ceiling] * len(diverged), "x", color=COLORS[o], ms=10, mew=2)
@@ -186,13 +189,16 @@ def _plot_final(by, optimisers, lrs, figures_dir) -> str:
 
 def _plot_curves(by, optimisers, small, best, large, figures_dir) -> str:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(optimisers), figsize=(3.3 * len(optimisers), 3.4), squeeze=False,
-                             sharey=True)
-    for ax, o in zip(axes[0], optimisers, strict=True):
+    columns = min(3, len(optimisers))
+    rows = math.ceil(len(optimisers) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(optimisers):]:
+        ax.axis("off")
+    for ax, o in zip(axes.flat, optimisers, strict=False):
         for lr, color, what in ((small, "tab:cyan", "too small"), (best.get(o), "tab:green", "best"),
                                 (large, "tab:red", "too large")):
             for k, run in enumerate(by.get((o, lr), [])):
-                steps, loss = series(run, "test/loss")
+                steps, loss = eval_series(run, "test/loss")
                 if run.status == "diverged":
                     ax.plot(run.summary.get("diverged_at_step", steps[-1] if steps.size else 0), 50, "x",
                             color=color, ms=8, mew=2)
@@ -200,10 +206,11 @@ def _plot_curves(by, optimisers, small, best, large, figures_dir) -> str:
                         label=f"{what}: lr {fmt(lr)}" if k == 0 else None)
         ax.set_yscale("log")
         ax.set_ylim(1e-2, 1e2)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimiser steps taken")
         ax.set_title(LABEL[o], fontsize=9)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("full test-set loss (log; x = diverged there)")
+    for row in axes:
+        row[0].set_ylabel("full test-set loss (log; x = diverged)")
     fig.suptitle("Test loss during training at the smallest, the best and the largest rate "
                  "(one line per seed)",
                  fontsize=9)

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from testbed.engine import MLP, Backend, MLPSpec
+from testbed.data.dataset import LOSSES as TASK_LOSS
+from testbed.engine import MLP, Backend, MLPSpec, init_params
 from testbed.tracking.sweep import Run
 
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -33,6 +34,21 @@ def series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
     rows = [r for r in run.metrics if key in r]
     return (np.array([r["step"] for r in rows], dtype=float),
             np.array([number(r[key]) for r in rows], dtype=float))
+
+
+def eval_series(run: Run, key: str = "test/loss") -> tuple[np.ndarray, np.ndarray]:
+    """(updates applied, values) of an evaluation metric (test/loss, test/acc).
+
+    The run loop evaluates after the step's update: the row of step k (k < steps) shows the net after
+    k + 1 updates, the last row (k = steps) after ``steps``. For test/loss the loss at init (no update,
+    recomputed by ``initial_loss``) is put first.
+    """
+    steps, values = series(run, key)
+    total = int(run.get("train.steps") or 0)
+    updates = np.where(steps < total, steps + 1, steps)
+    if key == "test/loss":
+        updates, values = np.append(0.0, updates), np.append(initial_loss(run, "test"), values)
+    return updates, values
 
 
 def row_at(run: Run, step: int = 0) -> dict:
@@ -82,6 +98,43 @@ def spec_of(run: Run, in_features: int, out_features: int, loss: str = "cross_en
                    activation=m["activation"], activation_params=dict(m.get("activation_params") or {}),
                    init=m["init"], init_scale=m["init_scale"], init_params=dict(m.get("init_params") or {}),
                    bias_init=m["bias_init"], bias_std=m["bias_std"], loss=loss)
+
+
+_DATASETS: dict = {}
+
+
+def dataset_of(run: Run):
+    """The run's data set (cached by name, seed and options)."""
+    from testbed.data import load_dataset
+
+    options = dict(run.get("data.options") or {})
+    key = (str(run.get("data.name")), int(run.get("data.seed", 0)), tuple(sorted(options.items())))
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(key[0], seed=key[1], **options)
+    return _DATASETS[key]
+
+
+_INITIAL_LOSS: dict = {}
+
+
+def initial_loss(run: Run, split: str = "test") -> float:
+    """The loss on a whole split at initialisation, recomputed with the engine (numpy, float64).
+
+    The run loop evaluates the test split after the step's update, so the test/loss of the row at step 0
+    already includes one optimiser step; this is the loss before any. The initial parameters are
+    ``init_params(spec, seed)``, as the run drew them.
+    """
+    data = dataset_of(run)
+    loss_name = TASK_LOSS[data.task]
+    spec = spec_of(run, data.in_features, data.out_features, loss_name)
+    key = (repr(spec), int(run.get("seed")), split, str(run.get("data.name")))
+    if key not in _INITIAL_LOSS:
+        backend = Backend("numpy", "float64")
+        net = MLP(spec, {k: backend.asarray(v) for k, v in init_params(spec, int(run.get("seed"))).items()})
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        target = backend.labels(y) if loss_name == "cross_entropy" else backend.asarray(y)
+        _INITIAL_LOSS[key] = float(net.loss(backend.asarray(x), target))
+    return _INITIAL_LOSS[key]
 
 
 def layer_jacobian_singular_values(spec: MLPSpec, params: dict, x: np.ndarray) -> list[np.ndarray]:

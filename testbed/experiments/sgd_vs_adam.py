@@ -189,7 +189,8 @@ def _plot_robustness(by, optimisers, lrs, figures_dir) -> str:
             centre.append(math.exp(np.mean(np.log(finite))))
             low.append(finite.min())
             high.append(finite.max())
-        ax.errorbar(xs, centre, yerr=[np.subtract(centre, low), np.subtract(high, centre)], fmt="o-", ms=4,
+        yerr = np.maximum(0.0, [np.subtract(centre, low), np.subtract(high, centre)])  # rounding: >= 0
+        ax.errorbar(xs, centre, yerr=yerr, fmt="o-", ms=4,
                     capsize=2, color=COLORS[optimiser], label=LABEL[optimiser])
         if diverged:
             ax.plot(diverged, [ceiling] * len(diverged), "x", color=COLORS[optimiser], ms=9)
@@ -198,7 +199,8 @@ def _plot_robustness(by, optimisers, lrs, figures_dir) -> str:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"final training loss (log; x = a seed diverged, shown at {fmt(ceiling)})")
+    ax.plot([], [], "x", color="gray", label=f"a seed diverged (drawn at {fmt(ceiling)})")
+    ax.set_ylabel("final loss on the whole training set (log)")
     ax.set_title("Final training loss against the learning rate (bars: 3 seeds min-max)", fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, figure_path(figures_dir, "sgd_vs_adam_robustness"))

@@ -367,9 +367,9 @@ def _plot_theory(rows, figures_dir) -> str:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     markers = {"sigmoid": "s", "tanh": "o", "softsign": "^"}
     for depth, activation, init, centre, low, high, predicted in rows:
-        ax.errorbar([predicted], [centre], yerr=[[centre - low], [high - centre]], fmt=markers[activation],
-                    color=COLORS[init], ms=7 if depth == 5 else 5, mfc="none" if depth != 5 else COLORS[init],
-                    capsize=3)
+        yerr = [[max(0.0, centre - low)], [max(0.0, high - centre)]]
+        ax.errorbar([predicted], [centre], yerr=yerr, fmt=markers[activation], color=COLORS[init],
+                    ms=7 if depth == 5 else 5, mfc="none" if depth != 5 else COLORS[init], capsize=3)
     if rows:
         lo = min(min(r[4] for r in rows), min(r[6] for r in rows)) / 2
         hi = max(max(r[5] for r in rows), max(r[6] for r in rows)) * 2
