@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from testbed.app.checkpoint import plan_run
 from testbed.app.preflight import CONFIG_DIR, check
+from testbed.app.replicas import run_replica_job, wants_replicas
 from testbed.app.run import train, write_summary
 from testbed.app.schema import ConfigError, register_configs
 from testbed.data import DataError
@@ -53,7 +54,9 @@ def _logger_for(cfg: DictConfig, run_dir: Path):
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def app(cfg: DictConfig) -> dict:
+def app(cfg: DictConfig) -> dict | list[dict]:
+    if wants_replicas(cfg):  # train.replicas > 1, or a job of hydra/sweeper=batched
+        return run_replica_job(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN

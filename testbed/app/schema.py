@@ -81,6 +81,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # N > 0: checkpoint.pt every N steps (0: never)
     resume: bool | None = None  # continue the run in the output folder; null: in sweeps yes, else no
     save_params: bool = False  # params_init.npz and params_final.npz, for analyses after training
+    # K > 1: K replicas of this shape trained in one batched program (testbed.app.replicas), engine
+    # manual or both; per replica (empty: seed + k, and optim.lr, model.init, model.init_scale):
+    replicas: int = 1
+    replica_seeds: list[int] = field(default_factory=list)
+    replica_lrs: list[float] = field(default_factory=list)
+    replica_inits: list[Init] = field(default_factory=list)
+    replica_init_scales: list[float] = field(default_factory=list)
+    replica_dirs: list[str] = field(default_factory=list)  # set by hydra/sweeper=batched: job folders
 
 
 @dataclass
@@ -173,6 +181,9 @@ def validate(cfg: Any) -> None:
            "the folder holding the IDX files when data=idx")
     _check(_enum_value(cfg.engine.backend) != "numpy" or _enum_value(cfg.device) != "cuda",
            "engine.backend", "numpy", "torch when device=cuda (numpy runs on the CPU only)")
+    from testbed.app.replicas import validate_replicas  # here: testbed.app.replicas imports this module
+
+    validate_replicas(cfg)
 
 
 def _enum_value(x: Any) -> Any:

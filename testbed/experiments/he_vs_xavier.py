@@ -68,10 +68,10 @@ CLAIMS = [
 
 def compute(out_dir: Path, smoke: bool = False):
     """The SGD + momentum sweep (the yaml's) and the same sweep with Adam; all runs in one list."""
-    extra = list(SMOKE) if smoke else []
-    n_jobs = 1 if smoke else 2  # a toy sweep runs faster in-process than through two new workers
-    runs = run_preset(NAME, Path(out_dir) / "momentum", extra, n_jobs=n_jobs)
-    runs += run_preset(NAME, Path(out_dir) / "adam", [*ADAM, *extra], n_jobs=n_jobs)
+    if smoke:  # one in-process toy sweep over both optimisers (each at its group's default rate)
+        return run_preset(NAME, Path(out_dir) / "smoke", [*SMOKE, "optim=momentum,adam"], n_jobs=1)
+    runs = run_preset(NAME, Path(out_dir) / "momentum")
+    runs += run_preset(NAME, Path(out_dir) / "adam", ADAM)
     return runs
 
 
