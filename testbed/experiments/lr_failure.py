@@ -137,6 +137,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     if smoke:
         for claim in claims:
             claim.note = "smoke run: toy sizes, the verdict means nothing"
+            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
     else:
         why = {0: "Some optimiser's largest-rate runs stayed finite and under the divergence ceiling: they "
                   "failed by stalling (dead or saturated units, a huge but bounded loss) rather than by "
