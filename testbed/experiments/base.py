@@ -37,6 +37,20 @@ class Claim:
         return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
 
 
+def mark_smoke(claims: list[Claim]) -> None:
+    """A toy run decides nothing: say so on every claim (n/a is kept for real runs only)."""
+    for claim in claims:
+        claim.note = "smoke run: toy sizes, the verdict means nothing"
+        claim.passed = bool(claim.passed)
+
+
+def explain_failures(claims: list[Claim], why: dict[int, str], default: str | None = None) -> None:
+    """Give each FAIL without a note the sentence ``why[index]`` (or ``default``); verdicts stay."""
+    for index, claim in enumerate(claims):
+        if claim.passed is False and not claim.note:
+            claim.note = why[index] if default is None else why.get(index, default)
+
+
 def run_preset(name: str, sweep_dir: Path, overrides: list[str] | tuple = (), n_jobs: int = 2,
                timeout: float = 1800) -> list[Run]:
     """Run ``+experiment=NAME -m`` with the joblib launcher into ``sweep_dir``; return its runs."""

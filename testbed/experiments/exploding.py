@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.experiments.base import Claim, figure_path, group_by, pyplot, save_figure
+from testbed.experiments.base import (
+    Claim,
+    explain_failures,
+    figure_path,
+    group_by,
+    mark_smoke,
+    pyplot,
+    save_figure,
+)
 from testbed.experiments.measure import fmt, fraction, geomean, initial_loss, layer_profile, number, series
 from testbed.theory import predicted_grad_norm_ratios
 
@@ -183,9 +191,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                           "descending).")
 
     if smoke:
-        for claim in claims:
-            claim.note = "smoke run: toy sizes, the verdict means nothing"
-            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
+        mark_smoke(claims)
     else:
         why = {0: "The mean-field prediction assumes infinite width; at 128 units and 20 layers the "
                   "product of per-layer fluctuations can leave the x/ 2 band.",
@@ -193,9 +199,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                   "predicts.",
                2: "Clipping caps each step's size, not the curvature it lands in; where it did not rescue, "
                   "a unit-norm step was still too large for this init."}
-        for index, claim in enumerate(claims):
-            if claim.passed is False and not claim.note:
-                claim.note = why[index]
+        explain_failures(claims, why)
     return claims
 
 

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.experiments.base import Claim, figure_path, pyplot, run_preset, save_figure
+from testbed.experiments.base import (
+    Claim,
+    explain_failures,
+    figure_path,
+    mark_smoke,
+    pyplot,
+    run_preset,
+    save_figure,
+)
 from testbed.experiments.measure import eval_series, fmt, fraction, geomean, layer_profile, number, series
 
 NAME = "he_vs_xavier"
@@ -167,9 +175,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                                       "Adam, lr 1e-3")
 
     if smoke:
-        for claim in claims:
-            claim.note = "smoke run: toy sizes, the verdict means nothing"
-            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
+        mark_smoke(claims)
     else:
         why = {0: "At 64 units the per-layer fluctuations of a relu net multiply over 20-30 layers; the "
                   "measured ratio left the x/ 2 band around the infinite-width value.",
@@ -195,9 +201,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                 f"Adam does move the net SGD leaves at chance (final accuracy {_join(adam_xa)} vs "
                 f"{_join(xa)} with SGD + momentum), but not to >= {TRAINS_ACC} in 2 of 3 seeds within "
                 "600 steps.")
-        for index, claim in enumerate(claims):
-            if claim.passed is False and not claim.note:
-                claim.note = why[index]
+        explain_failures(claims, why)
     return claims
 
 

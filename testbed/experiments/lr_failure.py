@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.experiments.base import Claim, figure_path, pyplot, save_figure
+from testbed.experiments.base import Claim, explain_failures, figure_path, mark_smoke, pyplot, save_figure
 from testbed.experiments.measure import eval_series, fmt, fraction, initial_loss, number
 
 NAME = "lr_failure"
@@ -135,9 +135,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims[2].figure = claims[0].figure
 
     if smoke:
-        for claim in claims:
-            claim.note = "smoke run: toy sizes, the verdict means nothing"
-            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
+        mark_smoke(claims)
     else:
         why = {0: "Some optimiser's largest-rate runs stayed finite and under the divergence ceiling: they "
                   "failed by stalling (dead or saturated units, a huge but bounded loss) rather than by "
@@ -146,9 +144,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
                   "more than a quarter of its best rate's fall (see the per-optimiser numbers).",
                2: "An optimiser had no rate on the decade grid at which all seeds reached 90% test accuracy "
                   "within 200 steps."}
-        for index, claim in enumerate(claims):
-            if claim.passed is False and not claim.note:
-                claim.note = why[index]
+        explain_failures(claims, why)
     return claims
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.experiments.base import Claim, figure_path, pyplot, save_figure
+from testbed.experiments.base import Claim, explain_failures, figure_path, mark_smoke, pyplot, save_figure
 from testbed.experiments.measure import fmt, layer_profile, mean_std, number, slope
 from testbed.theory import chi1, fixed_point, predicted_log_grad_norm_profile
 
@@ -145,17 +145,13 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
         claims[1].note = "Not evaluable in this sweep."
 
     if smoke:
-        for claim in claims:
-            claim.note = "smoke run: toy sizes, the verdict means nothing"
-            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
+        mark_smoke(claims)
     else:
         why = {0: "At least one setting's measured slope is further from the mean-field slope than the "
                   "finite-width tolerance; see the figure for which.",
                1: "The measured first/last ratio at tanh sw2 = 1.5 left the 20% band around the transient "
                   "prediction (or was not below 1)."}
-        for index, claim in enumerate(claims):
-            if claim.passed is False and not claim.note:
-                claim.note = why[index]
+        explain_failures(claims, why)
     return claims
 
 

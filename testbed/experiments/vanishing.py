@@ -21,7 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.experiments.base import Claim, figure_path, group_by, pyplot, save_figure
+from testbed.experiments.base import (
+    Claim,
+    explain_failures,
+    figure_path,
+    group_by,
+    mark_smoke,
+    pyplot,
+    save_figure,
+)
 from testbed.experiments.measure import (
     fmt,
     fraction,
@@ -270,9 +278,7 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims[6].figure = _plot_test_error(cells, depths, figures_dir)
 
     if smoke:
-        for claim in claims:
-            claim.note = "smoke run: toy sizes, the verdict means nothing"
-            claim.passed = bool(claim.passed)  # a toy run decides nothing; n/a is kept for real runs
+        mark_smoke(claims)
     else:
         _add_notes(claims)
     return claims
@@ -322,9 +328,7 @@ def _add_notes(claims: list[Claim]) -> None:
         6: "Table 1 compares nets trained to convergence on 32x32 Shapeset/MNIST/CIFAR; ours get 1000 "
            "steps on the 8x8 digits, where test-error differences of a few points are within seed noise.",
     }
-    for index, claim in enumerate(claims):
-        if claim.passed is False and not claim.note:
-            claim.note = why.get(index, "The measured value misses the pre-registered criterion (figure).")
+    explain_failures(claims, why, "The measured value misses the pre-registered criterion (figure).")
 
 
 # ---------------------------------------------------------------- figures
