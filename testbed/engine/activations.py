@@ -67,7 +67,7 @@ class ReLU(Activation):
     name = "relu"
 
     def forward(self, s):
-        a = namespace(s).maximum(s, 0.0)
+        a = namespace(s).relu(s)
         return a, a
 
     def backward(self, da, a):

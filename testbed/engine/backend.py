@@ -2,12 +2,20 @@
 
 Every engine op starts with ``xp = namespace(x)`` and uses only the functions
 of that namespace plus the operators both libraries share (``+ - * / @``,
-``.mT``, ``.shape``, in-place ``-=``). Why a small layer of our own and not
-the Array API (array-api-compat): the engine needs ``erf`` and a stable
-``sigmoid``, which the standard lacks; the torch side maps straight onto
-torch's own kernels (``addmm``/``baddbmm`` for a linear layer, as autograd's
-``F.linear`` does) with no wrapper in the hot path; and the whole surface the
-engine touches is listed here, in one screen, for a reader to check.
+``.mT``, ``.shape``, in-place ``-= *= /=``). Why a small layer of our own and
+not the Array API (array-api-compat): the engine needs ``erf``, a stable
+``sigmoid`` and ``log_softmax``, which the standard lacks; the torch side maps
+straight onto torch's own kernels (``addmm``/``baddbmm`` for a linear layer,
+as autograd's ``F.linear`` does) with no wrapper in the hot path; and the
+whole surface the engine touches is listed here, in one screen, for a reader
+to check.
+
+Three in-place helpers exist for speed on torch, where every op costs a few
+microseconds of dispatch whatever its size: ``sub_scaled_(p, lr, x)`` is
+``p -= lr * x`` in one fused kernel (as torch.optim.SGD), ``sub_scaled_all_``
+the same over lists in one multi-tensor launch (torch.optim's foreach), and
+``add_at_label_(x, labels, v)`` adds v at each row's label (cross-entropy's
+``- onehot(y)`` without building the one-hot matrix).
 
 Torch tensors are used with autograd off: nothing the engine computes
 requires grad (tests/test_boundary.py checks it).
@@ -39,24 +47,57 @@ def _torch_linear(x, weight, bias):
     return torch.baddbmm(bias.unsqueeze(-2), x, weight.mT)
 
 
-def _np_one_hot(labels, num_classes, like):
-    return (labels[..., None] == np.arange(num_classes)).astype(like.dtype)
+def _np_log_softmax(x):
+    shifted = x - np.max(x, axis=-1, keepdims=True)  # the stable log-sum-exp
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
-def _torch_one_hot(labels, num_classes, like):
-    return (labels[..., None] == torch.arange(num_classes, device=like.device)).to(like.dtype)
+def _np_sub_scaled_(param, lr, x):
+    param -= lr * x
+
+
+def _np_sub_scaled_all_(params, lr, xs):
+    lrs = lr if isinstance(lr, list) else [lr] * len(params)
+    for param, lr_, x in zip(params, lrs, xs, strict=True):
+        param -= lr_ * x
+
+
+def _torch_sub_scaled_(param, lr, x):
+    if torch.is_tensor(lr):  # per-replica learning rates, shaped to broadcast
+        param.addcmul_(lr, x, value=-1)
+    else:
+        param.add_(x, alpha=-lr)  # one fused kernel, as torch.optim.SGD's update
+
+
+def _torch_sub_scaled_all_(params, lr, xs):
+    """``sub_scaled_`` over lists, in one multi-tensor kernel launch (torch.optim's foreach)."""
+    if isinstance(lr, list):  # per-replica learning rates, one shaped tensor per parameter
+        torch._foreach_addcmul_(params, lr, xs, value=-1)
+    else:
+        torch._foreach_add_(params, xs, alpha=-lr)
+
+
+def _np_add_at_label_(x, labels, value):
+    index = labels[..., None]
+    np.put_along_axis(x, index, np.take_along_axis(x, index, axis=-1) + value, axis=-1)
+
+
+def _torch_add_at_label_(x, labels, value):
+    x.scatter_(-1, labels.unsqueeze(-1), value, reduce="add")
 
 
 NUMPY = SimpleNamespace(
     name="numpy",
     exp=np.exp, expm1=np.expm1, log=np.log, log1p=np.log1p, tanh=np.tanh, sqrt=np.sqrt, abs=np.abs,
-    sign=np.sign, erf=scipy.special.erf, sigmoid=scipy.special.expit,
+    relu=lambda x: np.maximum(x, 0.0), sign=np.sign, erf=scipy.special.erf, sigmoid=scipy.special.expit,
+    log_softmax=_np_log_softmax,
     where=np.where, maximum=np.maximum, minimum=np.minimum, clip=np.clip,
     sum=lambda x, axis=None, keepdims=False: np.sum(x, axis=axis, keepdims=keepdims),
     max=lambda x, axis=None, keepdims=False: np.max(x, axis=axis, keepdims=keepdims),
     mean=lambda x, axis=None, keepdims=False: np.mean(x, axis=axis, keepdims=keepdims),
     zeros_like=np.zeros_like, ones_like=np.ones_like, full_like=np.full_like,
-    linear=_np_linear, one_hot=_np_one_hot,
+    linear=_np_linear, add_at_label_=_np_add_at_label_, sub_scaled_=_np_sub_scaled_,
+    sub_scaled_all_=_np_sub_scaled_all_,
     take_label=lambda x, labels: np.take_along_axis(x, labels[..., None], axis=-1)[..., 0],
     isfinite=lambda x: bool(np.all(np.isfinite(x))),
     item=float,
@@ -65,7 +106,8 @@ NUMPY = SimpleNamespace(
 TORCH = SimpleNamespace(
     name="torch",
     exp=torch.exp, expm1=torch.expm1, log=torch.log, log1p=torch.log1p, tanh=torch.tanh, sqrt=torch.sqrt,
-    abs=torch.abs, sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid,
+    abs=torch.abs, relu=torch.relu, sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid,
+    log_softmax=lambda x: torch.log_softmax(x, dim=-1),
     where=torch.where,
     maximum=lambda x, y: torch.clamp(x, min=y) if not torch.is_tensor(y) else torch.maximum(x, y),
     minimum=lambda x, y: torch.clamp(x, max=y) if not torch.is_tensor(y) else torch.minimum(x, y),
@@ -80,8 +122,9 @@ TORCH = SimpleNamespace(
         x.mean() if axis is None else torch.mean(x, dim=axis, keepdim=keepdims)
     ),
     zeros_like=torch.zeros_like, ones_like=torch.ones_like, full_like=torch.full_like,
-    linear=_torch_linear, one_hot=_torch_one_hot,
-    take_label=lambda x, labels: torch.gather(x, -1, labels[..., None].long())[..., 0],
+    linear=_torch_linear, add_at_label_=_torch_add_at_label_, sub_scaled_=_torch_sub_scaled_,
+    sub_scaled_all_=_torch_sub_scaled_all_,
+    take_label=lambda x, labels: x.gather(-1, labels.unsqueeze(-1)).squeeze(-1),
     isfinite=lambda x: bool(torch.isfinite(x).all()),
     item=lambda x: float(x),
 )

@@ -27,26 +27,27 @@ class MSELoss:
 
 
 class CrossEntropyLoss:
-    """Softmax cross-entropy on integer labels: L = mean_n [lse(z_n) - z_n[y_n]].
+    """Softmax cross-entropy on integer labels: L = mean_n [-log softmax(z_n)[y_n]].
 
-    The log-sum-exp subtracts the row maximum, so logits of +-1e4 stay finite.
+    log softmax(z) = z - max(z) - log sum exp(z - max(z)) (``backend.log_softmax``):
+    subtracting the row maximum keeps logits of +-1e4 finite.
     """
 
     name = "cross_entropy"
 
     def forward(self, logits, labels):
         xp = namespace(logits)
-        shifted = logits - xp.max(logits, axis=-1, keepdims=True)
-        exp_shifted = xp.exp(shifted)
-        sum_exp = xp.sum(exp_shifted, axis=-1, keepdims=True)
-        log_probs_of_label = xp.take_label(shifted, labels) - xp.log(sum_exp[..., 0])
-        loss = -xp.mean(log_probs_of_label, axis=-1)
-        return loss, (exp_shifted / sum_exp, labels)
+        log_probs = xp.log_softmax(logits)
+        loss = -xp.mean(xp.take_label(log_probs, labels), axis=-1)
+        return loss, (log_probs, labels)
 
     def backward(self, cache):
-        probs, labels = cache  # dL/dz = (softmax(z) - onehot(y)) / N
-        n = probs.shape[-2]
-        return (probs - namespace(probs).one_hot(labels, probs.shape[-1], probs)) / n
+        log_probs, labels = cache  # dL/dz = (softmax(z) - onehot(y)) / N
+        xp = namespace(log_probs)
+        grad = xp.exp(log_probs)
+        xp.add_at_label_(grad, labels, -1.0)  # in place: - onehot(y)
+        grad /= float(log_probs.shape[-2])
+        return grad
 
 
 class BCEWithLogitsLoss:

@@ -105,6 +105,7 @@ class MLP:
         self.pre_activation_grads: list = []  # dL/ds^1..dL/ds^L from the last backward
         self.input_grad = None                # dL/dx
         self._caches: list = []
+        self._layer_keys = [(f"W{layer}", f"b{layer}") for layer in range(1, spec.num_layers + 1)]
 
     @classmethod
     def create(cls, spec: MLPSpec, seed: int = 0, backend: Backend | None = None) -> MLP:
@@ -116,32 +117,35 @@ class MLP:
         """x (..., N, in_features) -> output (..., N, out_features); keeps the caches."""
         self._caches, self.pre_activations, self.activations = [], [], []
         a = x
-        for layer in range(1, self.spec.num_layers + 1):
-            s, linear_cache = linear_forward(a, self.params[f"W{layer}"], self.params[f"b{layer}"])
-            self.pre_activations.append(s)
-            if layer == self.spec.num_layers:
-                self._caches.append((linear_cache, None))
-                return s
+        for weight_key, bias_key in self._layer_keys[:-1]:
+            s, linear_cache = linear_forward(a, self.params[weight_key], self.params[bias_key])
             a, activation_cache = self.activation.forward(s)
+            self.pre_activations.append(s)
             self.activations.append(a)
             self._caches.append((linear_cache, activation_cache))
+        weight_key, bias_key = self._layer_keys[-1]
+        output, linear_cache = linear_forward(a, self.params[weight_key], self.params[bias_key])
+        self.pre_activations.append(output)
+        self._caches.append((linear_cache, None))
+        return output
 
     def backward(self, grad_output, input_grad: bool = False):
         """From dL/d(output), fill ``grads`` and ``pre_activation_grads``; return dL/dx if asked."""
-        self.grads, pre_activation_grads = {}, []
+        grads, pre_activation_grads = {}, []
         da = None  # dL/da^l, the gradient arriving at layer l's output
-        for layer in range(self.spec.num_layers, 0, -1):
+        num_layers = self.spec.num_layers
+        for layer in range(num_layers, 0, -1):
             linear_cache, activation_cache = self._caches[layer - 1]
-            if layer == self.spec.num_layers:
-                ds = grad_output
+            if layer == num_layers:
+                ds = grad_output  # dL/ds^L
             else:
-                ds = self.activation.backward(da, activation_cache)
+                ds = self.activation.backward(da, activation_cache)  # dL/ds^l from dL/da^l
             pre_activation_grads.append(ds)
-            need_input_grad = layer > 1 or input_grad
-            da, self.grads[f"W{layer}"], self.grads[f"b{layer}"] = linear_backward(
-                ds, linear_cache, need_input_grad)
+            weight_key, bias_key = self._layer_keys[layer - 1]
+            need_input_grad = layer > 1 or input_grad  # dL/dx only when asked for
+            da, grads[weight_key], grads[bias_key] = linear_backward(ds, linear_cache, need_input_grad)
         self.pre_activation_grads = pre_activation_grads[::-1]
-        self.grads = {k: self.grads[k] for k in self.spec.param_keys()}
+        self.grads = {key: grads[key] for keys in self._layer_keys for key in keys}
         self.input_grad = da
         return da
 

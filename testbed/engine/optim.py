@@ -55,6 +55,15 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.nesterov, self.weight_decay = nesterov, weight_decay
 
+    def step(self, params: dict, grads: dict) -> None:
+        if self.momentum or self.weight_decay:
+            return super().step(params, grads)
+        # plain SGD, w <- w - lr g: every parameter in one call (one kernel launch on torch)
+        self.steps += 1
+        params_list = list(params.values())
+        lr = self.lr if isinstance(self.lr, int | float) else [self.lr_for(p) for p in params_list]
+        namespace(params_list[0]).sub_scaled_all_(params_list, lr, [grads[k] for k in params])
+
     def update(self, param, grad, state, lr):
         if self.weight_decay:
             grad = grad + self.weight_decay * param  # L2 penalty wd/2 ||w||^2
@@ -67,7 +76,7 @@ class SGD(Optimizer):
                 buf += (1 - self.dampening) * grad
             buf = state["momentum_buffer"]
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= lr * grad
+        namespace(param).sub_scaled_(param, lr, grad)
 
 
 class Adam(Optimizer):
@@ -103,7 +112,7 @@ class Adam(Optimizer):
         bias_correction1 = 1 - self.beta1 ** state["step"]
         bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** state["step"])
         denom = namespace(param).sqrt(exp_avg_sq) / bias_correction2_sqrt + self.eps
-        param -= (lr / bias_correction1) * (exp_avg / denom)
+        namespace(param).sub_scaled_(param, lr / bias_correction1, exp_avg / denom)
 
 
 class AdamW(Adam):
@@ -151,9 +160,9 @@ class RMSprop(Optimizer):
             buf = state["momentum_buffer"]
             buf *= self.momentum
             buf += grad / avg
-            param -= lr * buf
+            xp.sub_scaled_(param, lr, buf)
         else:
-            param -= lr * (grad / avg)
+            xp.sub_scaled_(param, lr, grad / avg)
 
 
 class Adagrad(Optimizer):
@@ -176,7 +185,7 @@ class Adagrad(Optimizer):
             grad = grad + self.weight_decay * param
         clr = lr / (1 + (state["step"] - 1) * self.lr_decay)
         state["sum"] += grad * grad
-        param -= clr * (grad / (xp.sqrt(state["sum"]) + self.eps))
+        xp.sub_scaled_(param, clr, grad / (xp.sqrt(state["sum"]) + self.eps))
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
