@@ -267,3 +267,30 @@ def test_a_single_run_of_replicas_reads_as_a_sweep(tmp_path):
     assert [r.get("optim.lr") for r in runs] == [0.05, 0.1, 0.2]
     assert [r.get("seed") for r in runs] == [0, 1, 2]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_logged_test_loss_is_of_the_parameters_before_the_steps_update(tmp_path):
+    """Row k's test/loss is the net after k updates: step 0's is the loss at initialisation, and the
+    last row's (no update at the last step) is the final test loss, alone and as replicas."""
+    from testbed.app.run import model_spec
+    from testbed.data import load_dataset
+    from testbed.engine import MLP, Backend, init_params
+
+    cfg, alone = compose_configs(BASE, POINTS)
+    batched_dirs = [tmp_path / f"batched{k}" for k in range(len(POINTS))]
+    summaries = train_replicas(cfg, POINTS, batched_dirs, [NullLogger() for _ in POINTS])
+    for k, config in enumerate(alone):
+        alone_dir = tmp_path / f"alone{k}"
+        alone_dir.mkdir()
+        summary = train(config, alone_dir, NullLogger())
+        data = load_dataset(str(config.data.name), seed=config.data.seed)
+        spec = model_spec(config, data)
+        backend = Backend("numpy", "float64")
+        net = MLP(spec, {n: backend.asarray(v) for n, v in init_params(spec, config.seed).items()})
+        at_init = float(net.loss(backend.asarray(data.x_test), backend.labels(data.y_test)))
+        for run_dir, run_summary in ((alone_dir, summary), (batched_dirs[k], summaries[k])):
+            rows = read_metrics(run_dir / "metrics.jsonl", True)
+            assert rows[0]["step"] == 0 and rows[-1]["step"] == config.train.steps
+            assert abs(rows[0]["test/loss"] - at_init) <= 1e-12 * at_init
+            assert abs(rows[-1]["test/loss"] - run_summary["final/test_loss"]) <= 1e-12 * at_init
+            assert rows[1]["test/loss"] != rows[0]["test/loss"]  # updates did happen in between

@@ -441,6 +441,8 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             idx = np.stack([r.sampler.next() for r in active])
             log_now = step % log_every == 0 or step == steps
             update = step < steps
+            # the test split sees the parameters this step's losses are of (before the update), as run.train
+            test_losses, test_accs = trainer.evaluate("test") if log_now else (None, None)
             losses = trainer.step(idx, update=update, record=log_now)
             torch_losses = reference.step(idx, update=update) if reference is not None else None
             records = trainer.replica_records() if log_now else None
@@ -470,7 +472,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                 r.summary["steps"] = step if not update else step + 1
                 going_on.append(j)
                 if log_now:
-                    rows.append((r, {"step": step, "epoch": r.sampler.epoch, "train/loss": loss},
+                    rows.append((j, r, {"step": step, "epoch": r.sampler.epoch, "train/loss": loss},
                                  layer_metrics(spec.activation, **records[j]), compared))
             if len(going_on) < len(active):  # drop the diverged: the rest go on without them
                 keep = np.array(going_on, dtype=np.int64)
@@ -481,8 +483,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             if not active:
                 break
             if log_now:
-                test_losses, test_accs = trainer.evaluate("test")
-                for j, (r, row, layers, compared) in enumerate(rows):
+                for j, r, row, layers, compared in rows:  # j: the replica's place in the stack it ran in
                     row["test/loss"] = float(test_losses[j])
                     if test_accs is not None:
                         row["test/acc"] = float(test_accs[j])
@@ -492,7 +493,9 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                     r.logger.log(row, step)
                     r.rows.append(row)
                     _log_row(r.log, row, compared)
-                _log_step(step, losses[np.array(going_on)], test_accs, len(active), len(replicas))
+                kept = np.array(going_on)
+                _log_step(step, losses[kept], test_accs[kept] if test_accs is not None else None, len(active),
+                          len(replicas))
     finally:
         for r in replicas:
             r.metrics.close()

@@ -2,7 +2,8 @@
 
 The loop takes ``steps`` optimiser steps; at step 0, every ``log_every``
 steps and after the last step it records the per-layer diagnostics of that
-step's minibatch and evaluates on the test split. A loss that is not finite,
+step's minibatch and evaluates on the test split, both with the parameters
+before that step's update (row k: after k updates). A loss that is not finite,
 beyond ``divergence_factor`` times the initial loss, or above ``max_loss``,
 ends the run with status ``diverged``: a result, not a crash. Every
 ``checkpoint_every`` steps the whole state goes to ``checkpoint.pt``
@@ -186,6 +187,8 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
             idx = sampler.next()
             log_now = step % cfg.train.log_every == 0 or step == steps
             update = step < steps
+            # the test split sees the parameters this step's minibatch loss is of (before its update)
+            evaluated = primary.evaluate("test") if log_now else None
             losses = [t.step(idx, update=update, record=log_now) for t in trainers]
             loss = losses[0]
             compared = compare(*trainers, *losses) if len(trainers) == 2 else {}
@@ -205,7 +208,7 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
             summary["steps"] = step if not update else step + 1
 
             if log_now:
-                test_loss, test_acc = primary.evaluate("test")
+                test_loss, test_acc = evaluated
                 row = {"step": step, "epoch": sampler.epoch, "train/loss": loss, "test/loss": test_loss}
                 if test_acc is not None:
                     row["test/acc"] = test_acc

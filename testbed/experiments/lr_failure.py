@@ -67,7 +67,7 @@ def _optimiser(run) -> str:
 
 
 def _initial(run) -> float:
-    """Test loss at init (the step-0 row's test/loss is taken after the first update)."""
+    """Test loss at init, in float64 whatever the run's dtype."""
     return initial_loss(run, "test")
 
 

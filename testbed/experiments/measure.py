@@ -39,16 +39,10 @@ def series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray]:
 def eval_series(run: Run, key: str = "test/loss") -> tuple[np.ndarray, np.ndarray]:
     """(updates applied, values) of an evaluation metric (test/loss, test/acc).
 
-    The run loop evaluates after the step's update: the row of step k (k < steps) shows the net after
-    k + 1 updates, the last row (k = steps) after ``steps``. For test/loss the loss at init (no update,
-    recomputed by ``initial_loss``) is put first.
+    The run loop evaluates before the step's update: the row of step k shows the net after k updates
+    (step 0: at initialisation).
     """
-    steps, values = series(run, key)
-    total = int(run.get("train.steps") or 0)
-    updates = np.where(steps < total, steps + 1, steps)
-    if key == "test/loss":
-        updates, values = np.append(0.0, updates), np.append(initial_loss(run, "test"), values)
-    return updates, values
+    return series(run, key)
 
 
 def row_at(run: Run, step: int = 0) -> dict:
@@ -120,8 +114,8 @@ _INITIAL_LOSS: dict = {}
 def initial_loss(run: Run, split: str = "test") -> float:
     """The loss on a whole split at initialisation, recomputed with the engine (numpy, float64).
 
-    The run loop evaluates the test split after the step's update, so the test/loss of the row at step 0
-    already includes one optimiser step; this is the loss before any. The initial parameters are
+    The step-0 row's test/loss is the same quantity in the run's own dtype; this recomputation also
+    covers the train split and runs that diverged before logging. The initial parameters are
     ``init_params(spec, seed)``, as the run drew them.
     """
     data = dataset_of(run)
