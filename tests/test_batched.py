@@ -19,6 +19,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -159,10 +160,10 @@ def test_replica_keys_of_a_config():
     assert (alone.seed, alone.optim.lr, alone.train.replicas) == (5, 0.3, 1)
     assert list(alone.train.replica_lrs) == []
     assert not wants_replicas(alone)
+    validate_replicas(OmegaConf.merge(cfg, OmegaConf.from_dotlist(["train.checkpoint_every=5"])))
     for key, value, message in (("train.replica_lrs", [0.1, 0.2], "one per replica"),
                                 ("train.replica_lrs", [0.1, -1.0, 0.2], "finite numbers > 0"),
-                                ("engine.name", "torch", "manual or both"),
-                                ("train.checkpoint_every", 5, "keep no checkpoints")):
+                                ("engine.name", "torch", "manual or both")):
         bad = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
         with pytest.raises(ConfigError, match=message):
             validate_replicas(bad)
@@ -294,3 +295,107 @@ def test_logged_test_loss_is_of_the_parameters_before_the_steps_update(tmp_path)
             assert abs(rows[0]["test/loss"] - at_init) <= 1e-12 * at_init
             assert abs(rows[-1]["test/loss"] - run_summary["final/test_loss"]) <= 1e-12 * at_init
             assert rows[1]["test/loss"] != rows[0]["test/loss"]  # updates did happen in between
+
+
+# -- checkpoints of a replica program ---------------------------------------------------------------
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing after it runs but ``finally`` blocks."""
+
+
+class KillAt(NullLogger):
+    def __init__(self, step: int):
+        self.step = step
+
+    def log(self, metrics, step):
+        if step >= self.step:
+            raise Killed
+
+
+def _params_bitwise(a: Path, b: Path) -> bool:
+    with np.load(a) as pa, np.load(b) as pb:
+        return set(pa) == set(pb) and all(pa[k].tobytes() == pb[k].tobytes() for k in pa)
+
+
+@pytest.mark.parametrize("extra", [
+    ["engine=both", "optim=momentum"],
+    ["engine.backend=numpy", "optim=adam", "train.max_loss=8"],
+], ids=["both-momentum", "numpy-adam-diverging"])
+def test_a_replica_program_killed_and_resumed_equals_one_never_stopped(tmp_path, extra):
+    """Killed after its second checkpoint (one replica already diverged in the Adam case, so the stack
+    is cut), resumed from the job's checkpoint: every replica's files equal the uninterrupted run's."""
+    from testbed.app.checkpoint import load_checkpoint
+
+    points = POINTS
+    if "optim=adam" in extra:  # replica 1 diverges early: the resumed stack holds the other two
+        points = [ReplicaPoint(0, 0.01, "xavier_uniform", 1.0), ReplicaPoint(1, 50.0, "xavier_uniform", 1.0),
+                  ReplicaPoint(2, 0.02, "kaiming_normal", 1.0)]
+    base = [*BASE, "train.steps=20", "train.checkpoint_every=5", "train.save_params=true", *extra]
+    cfg, _ = compose_configs(base, points)
+    reference_dirs = [tmp_path / f"reference{k}" for k in range(3)]
+    killed_dirs = [tmp_path / f"killed{k}" for k in range(3)]
+    group = tmp_path / "group"
+    group.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the diverging replica's overflow
+        expected = train_replicas(cfg, points, reference_dirs, [NullLogger() for _ in points])
+        with pytest.raises(Killed):
+            train_replicas(cfg, points, killed_dirs, [KillAt(12) for _ in points], checkpoint_dir=group)
+        checkpoint = load_checkpoint(group)
+        assert checkpoint["loop"]["step"] == 10  # killed at step 12: the rows after the checkpoint are redone
+        if "optim=adam" in extra:
+            assert checkpoint["loop"]["active"] == [0, 2]
+        loggers = [KeepRows() for _ in points]
+        summaries = train_replicas(cfg, points, killed_dirs, loggers, checkpoint_dir=group, resume=checkpoint)
+    for k in range(3):
+        metrics = "metrics.jsonl"
+        assert (killed_dirs[k] / metrics).read_bytes() == (reference_dirs[k] / metrics).read_bytes()
+        assert _params_bitwise(killed_dirs[k] / "params_final.npz", reference_dirs[k] / "params_final.npz")
+        assert summaries[k].pop("resumed_from") == [10]
+        assert ({key: v for key, v in summaries[k].items() if key != "wall_s"}
+                == {key: v for key, v in expected[k].items() if key != "wall_s"})
+        # the resumed logger got every row, those written before the kill included
+        assert [step for step, _ in loggers[k].rows] == [r["step"] for r in read_metrics(
+            killed_dirs[k] / "metrics.jsonl")]
+    if "optim=adam" in extra:
+        assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+
+
+class KeepRows(NullLogger):
+    def __init__(self):
+        self.rows = []
+
+    def log(self, metrics, step):
+        self.rows.append((step, metrics))
+
+
+def test_a_killed_replica_job_resumes_from_its_checkpoint(tmp_path):
+    """A real `python -m testbed train.replicas=3` SIGKILLed mid-run and started again with
+    train.resume=true in its folder ends with the files of a run never stopped."""
+    import signal
+    import time
+
+    args = [*BASE, "train.steps=400", "train.log_every=20", "train.checkpoint_every=40",
+            "train.replicas=3", "train.replica_lrs=[0.1,0.05,0.2]"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    done = run_app(*args, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1",
+           "TESTBED_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", *args, f"hydra.run.dir={killed}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "0" / "summary.json").exists()
+    resumed = run_app(*args, "train.resume=true", f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the checkpoint at step" in resumed.stdout + resumed.stderr
+    for k in range(3):
+        metrics = Path(str(k), "metrics.jsonl")
+        assert (killed / metrics).read_bytes() == (reference / metrics).read_bytes()
+        assert json.loads((killed / str(k) / "summary.json").read_text())["status"] == "completed"
+    assert not (killed / "checkpoint.pt").exists()  # finished: the checkpoint is gone

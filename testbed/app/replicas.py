@@ -24,6 +24,10 @@ With ``engine=both`` the torch reference is batched too: ``torch.func.vmap`` ove
 ``torch.optim`` optimiser applies them. ``engine=torch`` alone is not batched (the sweeper runs
 such points one job each).
 
+With ``train.checkpoint_every=N`` the job keeps one checkpoint for the whole stack in its own
+folder (not the replicas'); a job stopped from outside and started again in the same folder (a
+requeued sweep, or ``train.resume=true``) resumes every unfinished replica from it.
+
 Where the replicas' folders are: ``train.replica_dirs`` when set (the batching sweeper,
 ``hydra/sweeper=batched``, sets it to the sweep's job folders), else ``<run folder>/<k>/``, each
 with a ``.hydra/overrides.yaml`` naming its seed (and learning rate, init, init scale when they
@@ -46,7 +50,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from testbed.app.checkpoint import CHECKPOINT, plan_run
+from testbed.app.checkpoint import (
+    CHECKPOINT,
+    FINISHED,
+    config_dict,
+    config_differences,
+    load_checkpoint,
+    map_tensors,
+    plan_run,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    to_tensors,
+)
 from testbed.app.run import (
     _is_divergent,
     model_spec,
@@ -69,7 +85,7 @@ from testbed.reference.model import (
     build_torch_optimizer,
     torch_named_params,
 )
-from testbed.tracking.files import MetricsFile, atomic_write_json, atomic_write_text
+from testbed.tracking.files import MetricsFile, atomic_write_json, atomic_write_text, read_metrics
 from testbed.tracking.wandb_logger import open_logger
 
 log = logging.getLogger("testbed")
@@ -134,8 +150,6 @@ def validate_replicas(cfg: DictConfig) -> None:
         engine = str(cfg.engine.name)
         _check(engine in SUPPORTED_ENGINES, "engine", engine,
                "manual or both with train.replicas > 1 (the torch reference alone is not batched)")
-        _check(not cfg.train.checkpoint_every, "train.checkpoint_every", cfg.train.checkpoint_every,
-               "0 with train.replicas > 1 (replica runs keep no checkpoints)")
 
 
 def replica_points(cfg: DictConfig) -> list[ReplicaPoint]:
@@ -267,6 +281,23 @@ class StackedTrainer:
     def params_numpy(self, k: int) -> dict[str, np.ndarray]:
         return {key: to_numpy(value[k]).copy() for key, value in self.net.params.items()}
 
+    def state_dict(self) -> dict:
+        """The stack's parameters, optimiser state, step count and learning rates, as CPU tensors."""
+        return {"params": to_tensors(self.net.params),
+                "optimizer": {"state": to_tensors(self.optimizer.state), "steps": self.optimizer.steps,
+                              "lr": to_tensors(self.optimizer.lr)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The inverse of ``state_dict``, for a stack already cut to the same replicas."""
+        def to_backend(t: torch.Tensor):
+            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device)
+
+        for key, value in state["params"].items():
+            self.net.params[key] = to_backend(value)
+        self.optimizer.state = map_tensors(state["optimizer"]["state"], to_backend)
+        self.optimizer.steps = state["optimizer"]["steps"]
+        self.optimizer.lr = to_backend(state["optimizer"]["lr"])
+
     def keep(self, rows: np.ndarray) -> None:
         """Keep only the replicas at ``rows`` (stack positions): parameters, optimiser state, lr."""
         for key, value in self.net.params.items():
@@ -338,6 +369,16 @@ class StackedTorchReference:
                                          for key, p in params.items()),
         }
 
+    def state_dict(self) -> dict:
+        return {"models": [to_tensors(dict(model.state_dict())) for model in self.models],
+                "optimizers": [to_tensors(optimizer.state_dict()) for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for model, optimizer, model_state, optimizer_state in zip(
+                self.models, self.optimizers, state["models"], state["optimizers"], strict=True):
+            model.load_state_dict(model_state)  # copies into the existing parameters
+            optimizer.load_state_dict(optimizer_state)
+
     def keep(self, rows: np.ndarray) -> None:
         self.models = [self.models[r] for r in rows]
         self.params = [self.params[r] for r in rows]
@@ -380,13 +421,18 @@ def _load_data(cfg: DictConfig):
     return load_dataset(str(cfg.data.name), seed=cfg.data.seed, **options)
 
 
-def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[Path],
-                   loggers: list) -> list[dict]:
+def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[Path], loggers: list,
+                   checkpoint_dir: Path | None = None, resume: dict | None = None) -> list[dict]:
     """Train the K ``points`` of ``cfg``'s shape in one batched program; return their summaries.
 
     Replica k writes config.yaml (its own resolved config), metrics.jsonl and (with
     train.save_params) params_*.npz into ``run_dirs[k]`` and logs to ``loggers[k]``, exactly as
     ``testbed.app.run.train`` does for that config alone; summary.json is the caller's to write.
+
+    With ``checkpoint_dir`` and ``train.checkpoint_every=N``, the whole program's state (the stack,
+    which replicas are still in it, every replica's loop state and minibatch order, the random
+    generators) goes to ``checkpoint_dir/checkpoint.pt`` every N steps; ``resume`` (that checkpoint)
+    continues from it, and every replica ends as it would have without the stop (bitwise on CPU).
     """
     started = time.time()
     if not (len(points) == len(run_dirs) == len(loggers)) or not points:
@@ -412,32 +458,51 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             t.load_data(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
     n = len(dataset.x_train)
 
+    saved = resume["loop"]["replicas"] if resume is not None else None
     replicas = []
     for k, (point, run_dir, logger) in enumerate(zip(points, run_dirs, loggers, strict=True)):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
             leftover.unlink(missing_ok=True)
-        # a new run: nothing from an earlier run in this folder may pass for this one's (as run.train)
-        for stale in ("summary.json", CHECKPOINT, "params_init.npz", "params_final.npz"):
-            (run_dir / stale).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(point_config(cfg, point), resolve=True))
-        if cfg.train.save_params:
-            save_params(run_dir / "params_init.npz", {key: value[k] for key, value in initial.items()})
+        if resume is None:
+            # a new run: nothing from an earlier run in this folder may pass for this one's (as run.train)
+            for stale in ("summary.json", CHECKPOINT, "params_init.npz", "params_final.npz"):
+                (run_dir / stale).unlink(missing_ok=True)
+            atomic_write_text(run_dir / "config.yaml",
+                              OmegaConf.to_yaml(point_config(cfg, point), resolve=True))
+            if cfg.train.save_params:
+                save_params(run_dir / "params_init.npz", {key: value[k] for key, value in initial.items()})
+        metrics = MetricsFile(run_dir / "metrics.jsonl",
+                              resume_at=saved[k]["metrics_bytes"] if saved is not None else None)
         replicas.append(_Replica(
-            k, point, run_dir, logger, BatchSampler(n, cfg.data.batch_size, seed=point.seed),
-            MetricsFile(run_dir / "metrics.jsonl"),
+            k, point, run_dir, logger, BatchSampler(n, cfg.data.batch_size, seed=point.seed), metrics,
             {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers},
             [], dict.fromkeys(CMP_KEYS, 0.0), replica_log(k)))
     sampler = replicas[0].sampler
     steps = cfg.train.epochs * sampler.batches_per_epoch if cfg.train.epochs else cfg.train.steps
     # plain values: an OmegaConf lookup per replica and step would cost more than a small step
     log_every, keep_params = cfg.train.log_every, cfg.train.save_params
+    checkpoint_every = cfg.train.checkpoint_every if checkpoint_dir is not None else 0
     limits = SimpleNamespace(divergence_factor=cfg.train.divergence_factor, max_loss=cfg.train.max_loss)
 
-    active = list(replicas)  # in stack order
+    active, start = list(replicas), 0  # active: in stack order
+    if resume is not None:
+        start, started = resume["loop"]["step"], started - resume["loop"]["wall_s"]
+        for r in replicas:
+            _restore_replica(r, saved[r.k], start)
+        active = [replicas[k] for k in resume["loop"]["active"]]
+        positions = np.array(resume["loop"]["active"], dtype=np.int64)
+        trainer.keep(positions)
+        trainer.load_state_dict(resume["trainer"])
+        if reference is not None:
+            reference.keep(positions)
+            reference.load_state_dict(resume["reference"])
+        set_rng_state(resume["rng"])
+        log.info("resumed %d replicas (%d in the stack) at step %d of %d", len(replicas), len(active),
+                 start, steps)
     try:
-        for step in range(steps + 1):
+        for step in range(start, steps + 1):
             idx = np.stack([r.sampler.next() for r in active])
             log_now = step % log_every == 0 or step == steps
             update = step < steps
@@ -496,6 +561,17 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                 kept = np.array(going_on)
                 _log_step(step, losses[kept], test_accs[kept] if test_accs is not None else None, len(active),
                           len(replicas))
+            if checkpoint_every and update and (step + 1) % checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir, {
+                    "config": OmegaConf.to_yaml(cfg, resolve=True),
+                    "run_dirs": [str(r.run_dir) for r in replicas],
+                    "trainer": trainer.state_dict(),
+                    "reference": reference.state_dict() if reference is not None else None,
+                    "rng": rng_state(device),
+                    "loop": {"step": step + 1, "active": [r.k for r in active],
+                             "wall_s": time.time() - started,
+                             "replicas": [_replica_state(r) for r in replicas]},
+                })
     finally:
         for r in replicas:
             r.metrics.close()
@@ -522,6 +598,29 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
         r.summary["wall_s"] = r.wall_s
         summaries.append(r.summary)
     return summaries
+
+
+def _replica_state(r: _Replica) -> dict:
+    """What a checkpoint keeps of one replica's place in the loop (its outputs are in its folder)."""
+    return {"sampler": r.sampler.state_dict(), "summary": dict(r.summary), "cmp_max": dict(r.cmp_max),
+            "initial_loss": r.initial_loss, "last_finite_loss": r.last_finite_loss,
+            "metrics_bytes": r.metrics.size, "wall_s": r.wall_s,
+            "final_params": to_tensors(r.final_params) if r.final_params is not None else None}
+
+
+def _restore_replica(r: _Replica, state: dict, step: int) -> None:
+    """``_replica_state`` back into ``r``; its logger gets the rows written before the checkpoint."""
+    r.sampler.load_state_dict(state["sampler"])
+    r.summary, r.cmp_max = dict(state["summary"]), dict(state["cmp_max"])
+    r.summary["resumed_from"] = [*r.summary.get("resumed_from", []), step]
+    r.initial_loss, r.last_finite_loss = state["initial_loss"], state["last_finite_loss"]
+    r.wall_s = state["wall_s"]
+    if state["final_params"] is not None:
+        r.final_params = {key: value.numpy() for key, value in state["final_params"].items()}
+    written = read_metrics(r.run_dir / "metrics.jsonl", numbers=True)
+    for row in written:
+        r.logger.log(row, row["step"])
+    r.rows = [row for row in written if "status" not in row]  # the logged steps (not a divergence)
 
 
 def _log_row(logger: logging.Logger, row: dict, compared: dict) -> None:
@@ -710,15 +809,20 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
             log.info("replica %d (%s): %s", job.k, job.run_dir, plan.reason)
             summaries[job.k] = plan.summary
             continue
-        reason = plan.reason
-        if plan.action == "resume":
-            reason = f"{reason.split(':')[0]}: replica runs keep no checkpoints: starting from scratch"
         todo.append(job)
-        reasons.append(reason)
+        reasons.append(plan.reason)
     log.info("training %d replicas in one program (%d already finished)", len(todo), len(jobs) - len(todo))
     if not todo:
         _write_group_summary(group_dir, jobs, summaries, started)
+        (group_dir / CHECKPOINT).unlink(missing_ok=True)
         return [summaries[job.k] for job in jobs]
+    resume_on = cfg.train.resume if cfg.train.resume is not None else (multirun or sweep_points)
+    checkpoint, why = _group_checkpoint(group_dir, cfg, todo) if resume_on else (None, "")
+    if checkpoint is None:
+        (group_dir / CHECKPOINT).unlink(missing_ok=True)  # the stack starts afresh: no stale state
+    if why:
+        log.info("replicas: %s", why)
+        reasons = [why] * len(todo)
 
     handlers = _log_files(todo)
     try:
@@ -728,7 +832,8 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
         deferred = [DeferredLogger() for _ in todo]
         error_line = None
         try:
-            results = train_replicas(cfg, [j.point for j in todo], [j.run_dir for j in todo], deferred)
+            results = train_replicas(cfg, [j.point for j in todo], [j.run_dir for j in todo], deferred,
+                                     checkpoint_dir=group_dir, resume=checkpoint)
         except (ConfigError, DataError) as error:
             error_line = str(error)
             results = [{"status": "failed", "error": error_line} for _ in todo]
@@ -752,11 +857,31 @@ def run_replica_job(cfg: DictConfig) -> list[dict]:
             replica_log(position).removeHandler(handler)
             handler.close()
     _write_group_summary(group_dir, jobs, summaries, started)
+    if all(summaries[j.k].get("status") in FINISHED for j in jobs):
+        (group_dir / CHECKPOINT).unlink(missing_ok=True)  # finished runs need their checkpoint no more
     log.info("replicas: %s", ", ".join(f"{j.k} {summaries[j.k]['status']}" for j in jobs))
     if error_line is not None and not multirun:
         print(f"testbed: error: {error_line}", file=sys.stderr)
         raise SystemExit(2) from None
     return [summaries[job.k] for job in jobs]
+
+
+def _group_checkpoint(group_dir: Path, cfg: DictConfig, todo: list[_Job]) -> tuple[dict | None, str]:
+    """The replica program's checkpoint in ``group_dir`` if it belongs to this config and these
+    replicas (and their metrics.jsonl are as long as it says), and one line on what happens."""
+    checkpoint = load_checkpoint(group_dir)
+    if checkpoint is None:
+        return None, ""
+    differences = config_differences(config_dict(checkpoint["config"]), config_dict(cfg))
+    if differences:
+        return None, f"the checkpoint in {group_dir} is of another config ({differences[0]}): starting afresh"
+    if checkpoint["run_dirs"] != [str(job.run_dir) for job in todo]:
+        return None, f"the checkpoint in {group_dir} is of other replicas: starting afresh"
+    for job, saved in zip(todo, checkpoint["loop"]["replicas"], strict=True):
+        metrics = job.run_dir / "metrics.jsonl"
+        if not metrics.is_file() or metrics.stat().st_size < saved["metrics_bytes"]:
+            return None, f"{metrics} is shorter than the checkpoint says: starting afresh"
+    return checkpoint, f"resuming from the checkpoint at step {checkpoint['loop']['step']}"
 
 
 def _write_group_summary(group_dir: Path, jobs: list[_Job], summaries: dict, started: float) -> None:
