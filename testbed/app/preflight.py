@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -157,6 +158,9 @@ def check_config(cfg: DictConfig, loaded: set | None = None) -> None:
                 loaded.add(key)
     if str(cfg.device) == "cuda":
         resolve_device("cuda")
+    if OmegaConf.select(cfg, "engine.cuda_graph", default=False) and not torch.cuda.is_available():
+        raise ConfigError(f"engine.cuda_graph=True is not allowed here: device={cfg.device} finds no CUDA "
+                          "device; engine.cuda_graph must be false on a machine without CUDA")
 
 
 def check_writable(key: str, folder: str | Path) -> None:

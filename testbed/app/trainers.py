@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from testbed.app.checkpoint import map_tensors, to_tensors
+from testbed.app.schema import ConfigError
 from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer
 from testbed.engine.backend import to_numpy
+from testbed.engine.cuda_graph import GraphedStep
 from testbed.reference.model import (
     build_torch_loss,
     build_torch_mlp,
@@ -57,15 +59,28 @@ class Trainer:
 
 
 class ManualTrainer(Trainer):
-    """The hand-written engine on ``backend`` (numpy or torch arrays, autograd off)."""
+    """The hand-written engine on ``backend`` (numpy or torch arrays, autograd off).
+
+    ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``); the
+    step that only records (``update=False``) runs eagerly.
+    """
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 clip_norm: float | None = None):
+                 clip_norm: float | None = None, cuda_graph: bool = False):
         self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
         self.net = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
         self.optimizer = get_optimizer(optimizer, **hyper)
         self.record: dict = {}
         self.grads: dict = {}
+        self.graphed = None
+        if cuda_graph:
+            if backend.name != "torch" or not str(backend.device).startswith("cuda"):
+                raise ConfigError(
+                    f"engine.cuda_graph=True is not allowed here: the manual engine runs on {backend.name} "
+                    f"arrays on device {backend.device!r} (device=auto finds no CUDA device); "
+                    "engine.cuda_graph must be false unless it runs on CUDA (engine.backend=torch, "
+                    "device=cuda)")
+            self.graphed = GraphedStep(self.net, self.optimizer, clip_norm)
 
     def _inputs(self, x):
         return self.backend.asarray(x)
@@ -85,34 +100,40 @@ class ManualTrainer(Trainer):
                 "optimizer": {"state": to_tensors(self.optimizer.state), "steps": self.optimizer.steps}}
 
     def load_state_dict(self, state: dict) -> None:
+        """In place: parameters and optimiser state tensors keep their memory, so that whoever holds
+        them (a captured CUDA graph) sees the loaded values."""
         def to_backend(t: torch.Tensor):
             return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device)
 
-        for key, param in self.net.params.items():  # in place: whoever holds a parameter keeps it
+        for key, param in self.net.params.items():
             value = state["params"][key]
             if self.backend.name == "numpy":
                 param[...] = value.numpy()
             else:
                 param.copy_(value)
-        self.optimizer.state = map_tensors(state["optimizer"]["state"], to_backend)
+        _load_in_place(self.optimizer.state, state["optimizer"]["state"], to_backend)
         self.optimizer.steps = state["optimizer"]["steps"]
 
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
         x, y = self.data["train"]
         i = self._index(idx)
-        loss, grads = self.net.loss_and_grads(x[i], y[i])
-        if self.clip_norm is not None:
-            clip_grad_norm(grads, self.clip_norm)
+        layers = range(1, self.spec.num_layers + 1)
+        before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
+        if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
+            loss = self.graphed(x[i], y[i])
+            grads = self.net.grads
+        else:
+            loss, grads = self.net.loss_and_grads(x[i], y[i])
+            if self.clip_norm is not None:
+                clip_grad_norm(grads, self.clip_norm)
+            if update:
+                self.optimizer.step(self.net.params, grads)
         self.grads = grads
-        before = [self.net.params[f"W{layer}"] * 1 for layer in range(1, self.spec.num_layers + 1)] if (
-            record and update) else None
-        if update:
-            self.optimizer.step(self.net.params, grads)
         if record:
-            weights = [self.net.params[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)]
+            weights = [self.net.params[f"W{layer}"] for layer in layers]
             self.record = dict(
                 pre_activations=self.net.pre_activations, activations=self.net.activations,
-                weight_grads=[grads[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)],
+                weight_grads=[grads[f"W{layer}"] for layer in layers],
                 pre_activation_grads=self.net.pre_activation_grads, weights=weights,
                 updates=[w - b for w, b in zip(weights, before, strict=True)] if before else None)
         return float(loss)
@@ -120,6 +141,24 @@ class ManualTrainer(Trainer):
     def _forward_loss(self, x, y):
         output = self.net.forward(x)
         return output, float(self.net.loss_fn.forward(output, y)[0])
+
+
+def _load_in_place(current: dict, saved: dict, convert) -> None:
+    """``saved`` (a checkpoint's optimiser state) into ``current``: into its arrays in place where
+    they match in shape, as new arrays (``convert``) where there are none yet."""
+    for key in list(current):
+        if key not in saved:
+            del current[key]
+    for key, value in saved.items():
+        here = current.get(key)
+        if isinstance(here, dict) and isinstance(value, dict):
+            _load_in_place(here, value, convert)
+        elif isinstance(here, torch.Tensor) and isinstance(value, torch.Tensor) and here.shape == value.shape:
+            here.copy_(value)
+        elif isinstance(here, np.ndarray) and isinstance(value, torch.Tensor) and here.shape == value.shape:
+            here[...] = value.numpy()
+        else:
+            current[key] = map_tensors(value, convert)
 
 
 class TorchTrainer(Trainer):

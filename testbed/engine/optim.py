@@ -5,6 +5,13 @@ An optimiser updates a ``params`` dict in place from a ``grads`` dict with the
 same keys, and keeps its per-parameter ``state`` (plain arrays, easy to
 checkpoint). ``lr`` may be a float, or an array of shape (K,) giving each of
 K stacked replicas (parameters of shape (K, ...)) its own learning rate.
+
+``step`` is two parts: ``step_scalars(t)``, the numbers that change from step
+to step (Adam's bias corrections at step t, Adagrad's decayed learning rate),
+computed once per step in python; and ``apply``, the arithmetic on the arrays.
+The split is for ``testbed.engine.cuda_graph``: a CUDA graph replays the
+arithmetic with the numbers it saw when it was captured, so it gets each step's
+numbers from ``step_scalars`` in device tensors instead.
 """
 
 from __future__ import annotations
@@ -25,24 +32,34 @@ class Optimizer:
     def step(self, params: dict, grads: dict) -> None:
         """Apply one update to every parameter, in place."""
         self.steps += 1
-        for key, param in params.items():
-            self.update(param, grads[key], self.state.setdefault(key, {}), self.lr_for(param))
+        self.apply(params, grads, self.step_scalars(self.steps))
 
-    def lr_for(self, param):
-        """The learning rate shaped to broadcast against ``param`` (per replica if an array)."""
-        lr = self.lr
+    def step_scalars(self, t: int) -> dict:
+        """The numbers of update t (t = 1, 2, ...) that depend on t; none for most optimisers."""
+        return {}
+
+    def apply(self, params: dict, grads: dict, scalars: dict) -> None:
+        """The update of every parameter, in place, with this step's ``step_scalars``."""
+        for key, param in params.items():
+            self.update(param, grads[key], self.state.setdefault(key, {}), self.lr_for(param), scalars)
+
+    def lr_for(self, param, lr=None):
+        """The learning rate (or ``lr``, a number derived from it) shaped to broadcast against
+        ``param``: a float as it is, an array of K per-replica values as (K, 1, ...)."""
+        lr = self.lr if lr is None else lr
         if isinstance(lr, int | float):
             return lr
         return lr.reshape(lr.shape + (1,) * (param.ndim - lr.ndim))
 
-    def update(self, param, grad, state: dict, lr) -> None:
+    def update(self, param, grad, state: dict, lr, scalars: dict) -> None:
         raise NotImplementedError
 
 
 class SGD(Optimizer):
     """v <- mu v + (1 - dampening) g;  w <- w - lr (g + mu v if nesterov else v).
 
-    The first step sets v = g (no dampening), as torch.optim.SGD.
+    The first step sets v = g (no dampening), as torch.optim.SGD (a branch in python: under a
+    CUDA graph that first update runs eagerly, and the graph captures the steps after it).
     """
 
     name = "sgd"
@@ -55,16 +72,15 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.nesterov, self.weight_decay = nesterov, weight_decay
 
-    def step(self, params: dict, grads: dict) -> None:
+    def apply(self, params: dict, grads: dict, scalars: dict) -> None:
         if self.momentum or self.weight_decay:
-            return super().step(params, grads)
+            return super().apply(params, grads, scalars)
         # plain SGD, w <- w - lr g: every parameter in one call (one kernel launch on torch)
-        self.steps += 1
         params_list = list(params.values())
         lr = self.lr if isinstance(self.lr, int | float) else [self.lr_for(p) for p in params_list]
         namespace(params_list[0]).sub_scaled_all_(params_list, lr, [grads[k] for k in params])
 
-    def update(self, param, grad, state, lr):
+    def update(self, param, grad, state, lr, scalars):
         if self.weight_decay:
             grad = grad + self.weight_decay * param  # L2 penalty wd/2 ||w||^2
         if self.momentum:
@@ -84,6 +100,7 @@ class Adam(Optimizer):
     m <- m + (1 - b1)(g - m);  v <- b2 v + (1 - b2) g^2;
     w <- w - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
     ``weight_decay`` adds wd w to g (L2); AdamW decays the weights instead.
+    t is the optimiser's ``steps`` (every parameter is updated at every step).
     """
 
     name = "adam"
@@ -95,11 +112,15 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
-    def update(self, param, grad, state, lr):
+    def step_scalars(self, t):
+        """The bias corrections of step t: the step size lr / (1 - b1^t), and sqrt(1 - b2^t)."""
+        return {"step_size": self.lr / (1 - self.beta1 ** t),
+                "bias_correction2_sqrt": math.sqrt(1 - self.beta2 ** t)}
+
+    def update(self, param, grad, state, lr, scalars):
         if not state:
-            state.update(step=0, exp_avg=namespace(param).zeros_like(param),
+            state.update(exp_avg=namespace(param).zeros_like(param),
                          exp_avg_sq=namespace(param).zeros_like(param))
-        state["step"] += 1
         if self.weight_decay:
             if self.decoupled_weight_decay:
                 param *= 1 - lr * self.weight_decay  # Loshchilov & Hutter 2019
@@ -109,10 +130,8 @@ class Adam(Optimizer):
         exp_avg += (1 - self.beta1) * (grad - exp_avg)
         exp_avg_sq *= self.beta2
         exp_avg_sq += (1 - self.beta2) * grad * grad
-        bias_correction1 = 1 - self.beta1 ** state["step"]
-        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** state["step"])
-        denom = namespace(param).sqrt(exp_avg_sq) / bias_correction2_sqrt + self.eps
-        namespace(param).sub_scaled_(param, lr / bias_correction1, exp_avg / denom)
+        denom = namespace(param).sqrt(exp_avg_sq) / scalars["bias_correction2_sqrt"] + self.eps
+        namespace(param).sub_scaled_(param, self.lr_for(param, scalars["step_size"]), exp_avg / denom)
 
 
 class AdamW(Adam):
@@ -137,7 +156,7 @@ class RMSprop(Optimizer):
         self.alpha, self.eps, self.momentum = alpha, eps, momentum
         self.centered, self.weight_decay = centered, weight_decay
 
-    def update(self, param, grad, state, lr):
+    def update(self, param, grad, state, lr, scalars):
         xp = namespace(param)
         if not state:
             state["square_avg"] = xp.zeros_like(param)
@@ -166,7 +185,8 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """Duchi et al. 2011: G <- G + g^2;  w <- w - lr g / (sqrt(G) + eps)."""
+    """Duchi et al. 2011: G <- G + g^2;  w <- w - lr_t g / (sqrt(G) + eps),
+    lr_t = lr / (1 + (t - 1) lr_decay) at step t (the optimiser's ``steps``)."""
 
     name = "adagrad"
 
@@ -176,16 +196,18 @@ class Adagrad(Optimizer):
         self.lr_decay, self.eps, self.weight_decay = lr_decay, eps, weight_decay
         self.initial_accumulator_value = initial_accumulator_value
 
-    def update(self, param, grad, state, lr):
+    def step_scalars(self, t):
+        """The decayed learning rate of step t."""
+        return {"clr": self.lr / (1 + (t - 1) * self.lr_decay)}
+
+    def update(self, param, grad, state, lr, scalars):
         xp = namespace(param)
         if not state:
-            state.update(step=0, sum=xp.full_like(param, self.initial_accumulator_value))
-        state["step"] += 1
+            state["sum"] = xp.full_like(param, self.initial_accumulator_value)
         if self.weight_decay:
             grad = grad + self.weight_decay * param
-        clr = lr / (1 + (state["step"] - 1) * self.lr_decay)
         state["sum"] += grad * grad
-        xp.sub_scaled_(param, clr, grad / (xp.sqrt(state["sum"]) + self.eps))
+        xp.sub_scaled_(param, self.lr_for(param, scalars["clr"]), grad / (xp.sqrt(state["sum"]) + self.eps))
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
