@@ -46,6 +46,7 @@ from testbed.reference import (
     torch_named_params,
 )
 from testbed.reference.model import torch_dtype
+from testbed.tracking.wandb_logger import NullLogger
 
 # ---------------------------------------------------------------------------------------------
 # Where the suites run, and how close is equal
@@ -646,3 +647,37 @@ TRAJECTORIES = [
                    activation="leaky_relu", init="kaiming_uniform"),
 ]
 TRAJECTORIES_BY_NAME = {case.name: case for case in TRAJECTORIES}
+
+
+# -- the app -----------------------------------------------------------------------------------------
+
+def compose_config(*overrides: str):
+    """The app's config for these overrides, composed as the command line would (no job run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from testbed.app.preflight import CONFIG_DIR
+    from testbed.app.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return compose("config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing after it runs but ``finally`` blocks."""
+
+
+class KillAt(NullLogger):
+    """A logger that kills the run when it is given the row of ``step`` (or a later one)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log(self, metrics, step):
+        if step >= self.step:
+            raise Killed

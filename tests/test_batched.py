@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import KillAt, Killed
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -298,19 +299,6 @@ def test_logged_test_loss_is_of_the_parameters_before_the_steps_update(tmp_path)
 
 
 # -- checkpoints of a replica program ---------------------------------------------------------------
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: nothing after it runs but ``finally`` blocks."""
-
-
-class KillAt(NullLogger):
-    def __init__(self, step: int):
-        self.step = step
-
-    def log(self, metrics, step):
-        if step >= self.step:
-            raise Killed
-
 
 def _params_bitwise(a: Path, b: Path) -> bool:
     with np.load(a) as pa, np.load(b) as pb:

@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import compose_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from testbed.app.preflight import CONFIG_DIR, preflight
-from testbed.app.schema import ConfigError, register_configs, validate
+from testbed.app.preflight import preflight
+from testbed.app.schema import ConfigError, validate
 from testbed.app.trainers import ManualTrainer
 from testbed.engine import (
     MLP,
@@ -413,16 +412,6 @@ def test_load_state_dict_fills_the_existing_tensors_and_adds_missing_state():
 
 
 # -- config checks ---------------------------------------------------------------------------------
-
-def compose_config(*overrides: str):
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose("config", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
 
 @pytest.mark.parametrize("overrides, names", [
     (["device=cpu"], "device=cpu"),

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import KillAt, Killed, compose_config
 
 from testbed.app.checkpoint import CHECKPOINT, load_checkpoint, plan_run
-from testbed.app.preflight import CONFIG_DIR, check, preflight
+from testbed.app.preflight import check, preflight
 from testbed.app.run import resolve_device, train, write_summary
-from testbed.app.schema import ConfigError, register_configs
+from testbed.app.schema import ConfigError
 from testbed.data import write_idx
 from testbed.tracking.files import atomic_write_bytes, read_metrics
 from testbed.tracking.sweep import load_run
@@ -70,16 +69,6 @@ def start_app(*args: str, cwd: Path) -> subprocess.Popen:
 def output(proc: subprocess.Popen) -> str:
     proc.output_file.seek(0)
     return proc.output_file.read()
-
-
-def compose_config(*overrides: str):
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose("config", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> int:
@@ -143,19 +132,6 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     again = run_app(*args, "train.resume=true", f"hydra.run.dir={killed}", cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stderr
     assert before == {p.name: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file()}
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: nothing after it runs but ``finally`` blocks."""
-
-
-class KillAt(NullLogger):
-    def __init__(self, step: int):
-        self.step = step
-
-    def log(self, metrics, step):
-        if step >= self.step:
-            raise Killed
 
 
 @pytest.mark.parametrize("overrides", [
