@@ -417,7 +417,6 @@ def test_load_state_dict_fills_the_existing_tensors_and_adds_missing_state():
     (["device=cpu"], "device=cpu"),
     (["device=auto", "engine.backend=numpy"], "engine.backend=numpy"),
     (["device=cuda", "engine=torch"], "engine=torch"),
-    (["device=cuda", "engine=manual", "train.replicas=2"], "train.replicas=2"),
 ])
 def test_cuda_graph_config_errors_name_the_key_and_what_is_allowed(overrides, names):
     cfg = compose_config("engine.cuda_graph=true", *overrides)
@@ -429,7 +428,8 @@ def test_cuda_graph_config_errors_name_the_key_and_what_is_allowed(overrides, na
 
 
 @pytest.mark.parametrize("overrides", [["device=cuda"], ["device=auto", "engine=manual"],
-                                       ["device=cuda", "engine=both"]])
+                                       ["device=cuda", "engine=both"],
+                                       ["device=cuda", "engine=manual", "train.replicas=2"]])
 def test_cuda_graph_configs_that_can_run_pass_validate(overrides):
     validate(compose_config("engine.cuda_graph=true", *overrides))
 
@@ -545,3 +545,93 @@ def test_app_with_cuda_graph_equals_the_app_without(tmp_path, monkeypatch, extra
     bad = {k: (summary_a[k], summary_b[k]) for k in summary_a
            if k != "wall_s" and not _close(k, summary_a[k], summary_b[k])}
     assert not bad, bad
+
+
+# -- replicas ----------------------------------------------------------------------------------------
+
+def make_stacked(backend: Backend, mode: str | None):
+    """A StackedTrainer of K replicas (Adam, per-replica lrs, clipping); with ``mode`` its updating
+    steps go through a GraphedStep as with cuda_graph=True (on CUDA: cuda_graph=True itself)."""
+    from testbed.app.replicas import StackedTrainer
+
+    initial = init_replica_params(SPEC, list(range(K)))
+    args = (SPEC, initial, backend, "adam", dict(lr=1e-2), [0.01, 0.02, 0.005], CLIP)
+    trainer = StackedTrainer(*args, cuda_graph=mode == "cuda")
+    if mode not in (None, "cuda"):
+        trainer.graphed = make_graphed(trainer.net, trainer.optimizer, CLIP, mode)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, SPEC.in_features)), rng.integers(0, SPEC.out_features, size=200)
+    trainer.load_data(x[:150], y[:150], x[150:], y[150:])
+    return trainer
+
+
+def check_stacked_graphed(backend: Backend, mode: str, tol: float) -> None:
+    """Steps with records, a replica dropped from the stack (as when one diverges: the graph is
+    captured again), a checkpoint loaded into it, more steps: the graphed stack equals the plain one."""
+    plain, graphed = make_stacked(backend, None), make_stacked(backend, mode)
+    rng = np.random.default_rng(3)
+
+    def steps(count: int, replicas: int):
+        for step in range(count):
+            idx = np.stack([rng.choice(150, size=BATCH, replace=False) for _ in range(replicas)])
+            losses = [t.step(idx, record=step % 3 == 0) for t in (plain, graphed)]
+            np.testing.assert_allclose(losses[1], losses[0], rtol=tol, atol=0)
+            if step % 3 == 0:
+                for key, tensors in plain.record.items():
+                    for a, b in zip(tensors or [], graphed.record[key] or [], strict=True):
+                        np.testing.assert_allclose(to_np(b), to_np(a), rtol=tol, atol=tol * 1e-3)
+
+    steps(8, K)
+    for trainer in (plain, graphed):
+        trainer.keep(np.array([0, 2]))
+    steps(6, 2)
+    state = plain.state_dict()
+    for trainer in (plain, graphed):
+        trainer.load_state_dict(state)
+    steps(6, 2)
+    for key in plain.net.params:
+        np.testing.assert_allclose(to_np(graphed.net.params[key]), to_np(plain.net.params[key]), rtol=tol,
+                                   atol=tol * 1e-3)
+    assert graphed.optimizer.steps == plain.optimizer.steps == 20
+
+
+def to_np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("mode", ["eager", "replay"])
+def test_a_graphed_replica_stack_equals_the_plain_one_through_a_cut_and_a_checkpoint(mode):
+    check_stacked_graphed(Backend("torch", "float64"), mode, tol=0.0)
+
+
+@pytest.mark.cuda
+def test_a_cuda_graphed_replica_stack_equals_the_plain_one():
+    check_stacked_graphed(Backend("torch", "float64", "cuda"), "cuda", tol=1e-12)
+
+
+@pytest.mark.cuda
+def test_replica_runs_with_cuda_graph_equal_those_without(tmp_path):
+    """train_replicas with engine.cuda_graph true and false: every replica's metrics and summary
+    equal (float64, 1e-10), a diverging replica dropped on the way."""
+    from testbed.app.replicas import ReplicaPoint, train_replicas
+
+    points = [ReplicaPoint(0, 0.01, "xavier_uniform", 1.0), ReplicaPoint(1, 50.0, "xavier_uniform", 1.0),
+              ReplicaPoint(2, 0.02, "kaiming_normal", 1.0)]
+    base = ["device=cuda", "engine=manual", "logger=none", "train.steps=30", "train.log_every=5",
+            "model.width=16", "model.depth=2", "optim=adam", "train.max_loss=8", "train.progress=false"]
+    runs = {}
+    for graph in ("false", "true"):
+        dirs = [tmp_path / graph / str(k) for k in range(3)]
+        summaries = train_replicas(compose_config(*base, f"engine.cuda_graph={graph}"), points, dirs,
+                                   [NullLogger() for _ in points])
+        runs[graph] = [(read_metrics(d / "metrics.jsonl", numbers=True), s) for d, s in zip(dirs, summaries,
+                                                                                           strict=True)]
+    assert [s["status"] for _, s in runs["true"]] == ["completed", "diverged", "completed"]
+    for (rows_a, summary_a), (rows_b, summary_b) in zip(runs["false"], runs["true"], strict=True):
+        assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+        for row_a, row_b in zip(rows_a, rows_b, strict=True):
+            bad = {k: (row_a[k], row_b[k]) for k in row_a if not _close(k, row_a[k], row_b[k])}
+            assert not bad, f"step {row_a['step']}: {bad}"
+        bad = {k: (summary_a[k], summary_b[k]) for k in summary_a
+               if k != "wall_s" and not _close(k, summary_a[k], summary_b[k])}
+        assert not bad, bad

@@ -11,10 +11,9 @@ submitit); above, 16 points in 2 jobs of 8 replicas.
 **The grouping rule.** Two points go in one group when (1) their overrides, the batchable ones
 left out, are the same strings, and (2) their resolved configs, the four batchable keys left
 out, are equal (this catches a key that interpolates a batchable one, e.g. ``data.seed: ${seed}``),
-and both can batch: ``engine=manual`` or ``engine=both`` without ``engine.cuda_graph``, not
-already a replica run. A group has at most ``hydra.sweeper.max_replicas`` points (null: no
-limit). A point that groups with no other, or cannot batch, runs as the basic sweeper would run
-it: one job, with its own job number.
+and both can batch: ``engine=manual`` or ``engine=both``, not already a replica run. A group has
+at most ``hydra.sweeper.max_replicas`` points (null: no limit). A point that groups with no other,
+or cannot batch, runs as the basic sweeper would run it: one job, with its own job number.
 
 **Outputs.** Each point's folder is the one the basic sweeper would give it
 (``<sweep dir>/<hydra.sweep.subdir>``, by default ``<sweep dir>/<job number>/``), holding
@@ -111,8 +110,7 @@ def batchable(point: Point) -> bool:
     if r is None or "replicas" not in r.get("train", {}):
         return False
     train = r["train"]
-    return (r["engine"]["name"] in BATCHABLE_ENGINES and not r["engine"].get("cuda_graph")
-            and train["replicas"] == 1
+    return (r["engine"]["name"] in BATCHABLE_ENGINES and train["replicas"] == 1
             and not any(train.get(key) for key in (
                 "replica_seeds", "replica_lrs", "replica_inits", "replica_init_scales", "replica_dirs")))
 

@@ -78,6 +78,7 @@ from testbed.data import BatchSampler, DataError, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer, init_replica_params
 from testbed.engine.backend import to_numpy
+from testbed.engine.cuda_graph import GraphedStep
 from testbed.reference.lockstep import relative_error
 from testbed.reference.model import (
     build_torch_loss,
@@ -193,11 +194,13 @@ class StackedTrainer:
     """K replicas of the hand-written engine: parameters (K, ...), inputs (K, B, D), lr (K,).
 
     ``step`` returns the K losses; after a recorded step ``record`` holds the per-layer tensors
-    (stacked) that the diagnostics read, as ``ManualTrainer.record`` does for one run.
+    (stacked) that the diagnostics read, as ``ManualTrainer.record`` does for one run. With
+    ``cuda_graph`` the updating steps replay a CUDA graph (``testbed.engine.cuda_graph``), which
+    captures again after the stack is cut (a replica diverged) or loaded from a checkpoint.
     """
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 lrs: list[float], clip_norm: float | None = None):
+                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False):
         self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
         self.net = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
         # float64 numpy or a tensor of the params' dtype: as a python float lr meets the params alone
@@ -205,6 +208,14 @@ class StackedTrainer:
         self.optimizer = get_optimizer(optimizer, **{**hyper, "lr": lr})
         self.record: dict = {}
         self.grads: dict = {}
+        self.graphed = None
+        if cuda_graph:
+            if backend.name != "torch" or not str(backend.device).startswith("cuda"):
+                raise ConfigError(
+                    f"engine.cuda_graph=True is not allowed here: the replicas run on {backend.name} arrays "
+                    f"on device {backend.device!r}; engine.cuda_graph must be false unless they run on CUDA "
+                    "(engine.backend=torch, device=cuda)")
+            self.graphed = GraphedStep(self.net, self.optimizer, clip_norm)
 
     @property
     def count(self) -> int:
@@ -224,14 +235,18 @@ class StackedTrainer:
         """One step of every replica on its own minibatch, ``idx`` (K, B); returns the K losses."""
         x, y = self.data["train"]
         i = self._index(idx)
-        loss, grads = self.net.loss_and_grads(x[i], y[i])
-        if self.clip_norm is not None:
-            clip_grad_norm(grads, self.clip_norm, replica_ndim=1)
-        self.grads = grads
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        if update:
-            self.optimizer.step(self.net.params, grads)
+        if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
+            loss = self.graphed(x[i], y[i])
+            grads = self.net.grads
+        else:
+            loss, grads = self.net.loss_and_grads(x[i], y[i])
+            if self.clip_norm is not None:
+                clip_grad_norm(grads, self.clip_norm, replica_ndim=1)
+            if update:
+                self.optimizer.step(self.net.params, grads)
+        self.grads = grads
         if record:
             weights = [self.net.params[f"W{layer}"] for layer in layers]
             self.record = dict(
@@ -289,8 +304,8 @@ class StackedTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         """The inverse of ``state_dict``, for a stack already cut to the same replicas."""
-        def to_backend(t: torch.Tensor):
-            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device)
+        def to_backend(t: torch.Tensor):  # a copy: the stack shares no memory with ``state``
+            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device, copy=True)
 
         for key, value in state["params"].items():
             self.net.params[key] = to_backend(value)
@@ -450,7 +465,8 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
     lrs, dtype = [p.lr for p in points], str(cfg.model.dtype)
     backend_name = str(cfg.engine.backend)
     backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
-    trainer = StackedTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm)
+    trainer = StackedTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm,
+                             cuda_graph=cfg.engine.cuda_graph)
     reference = (StackedTorchReference(spec, initial, device, dtype, name, hyper, lrs, cfg.optim.clip_norm)
                  if engine == "both" else None)
     for t in (trainer, reference):

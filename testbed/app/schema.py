@@ -181,15 +181,15 @@ def validate(cfg: Any) -> None:
            "the folder holding the IDX files when data=idx")
     _check(_enum_value(cfg.engine.backend) != "numpy" or _enum_value(cfg.device) != "cuda",
            "engine.backend", "numpy", "torch when device=cuda (numpy runs on the CPU only)")
-    from testbed.app.replicas import validate_replicas, wants_replicas  # here: it imports this module
+    from testbed.app.replicas import validate_replicas  # here: testbed.app.replicas imports this module
 
     if getattr(cfg.engine, "cuda_graph", False):
-        _validate_cuda_graph(cfg, wants_replicas(cfg))
+        _validate_cuda_graph(cfg)
     validate_replicas(cfg)
 
 
-def _validate_cuda_graph(cfg: Any, replicas: bool) -> None:
-    """engine.cuda_graph=true: the hand-written step on torch tensors on CUDA, one run at a time."""
+def _validate_cuda_graph(cfg: Any) -> None:
+    """engine.cuda_graph=true: the hand-written step on torch tensors on CUDA."""
     device, backend, engine = (_enum_value(cfg.device), _enum_value(cfg.engine.backend),
                                _enum_value(cfg.engine.name))
     _check(device in ("cuda", "auto"), "engine.cuda_graph", True,
@@ -198,9 +198,6 @@ def _validate_cuda_graph(cfg: Any, replicas: bool) -> None:
            f"false with engine.backend={backend} (a CUDA graph captures torch tensors: engine.backend=torch)")
     _check(engine in ("manual", "both"), "engine.cuda_graph", True,
            f"false with engine={engine} (it captures the hand-written step: engine=manual or both)")
-    _check(not replicas, "engine.cuda_graph", True,
-           f"false with train.replicas={cfg.train.replicas} or replica lists set (replica runs do not "
-           "use CUDA graphs yet)")
 
 
 def _enum_value(x: Any) -> Any:

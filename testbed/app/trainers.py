@@ -102,8 +102,8 @@ class ManualTrainer(Trainer):
     def load_state_dict(self, state: dict) -> None:
         """In place: parameters and optimiser state tensors keep their memory, so that whoever holds
         them (a captured CUDA graph) sees the loaded values."""
-        def to_backend(t: torch.Tensor):
-            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device)
+        def to_backend(t: torch.Tensor):  # a copy: the trainer shares no memory with ``state``
+            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device, copy=True)
 
         for key, param in self.net.params.items():
             value = state["params"][key]
