@@ -73,12 +73,11 @@ from testbed.app.run import (
     write_summary,
 )
 from testbed.app.schema import ConfigError, _check, _finite
-from testbed.app.trainers import accuracy
+from testbed.app.trainers import ManualTrainer, accuracy
 from testbed.data import BatchSampler, DataError, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
-from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer, init_replica_params
+from testbed.engine import Backend, MLPSpec, init_replica_params
 from testbed.engine.backend import to_numpy
-from testbed.engine.cuda_graph import GraphedStep
 from testbed.reference.lockstep import relative_error
 from testbed.reference.model import (
     build_torch_loss,
@@ -190,7 +189,7 @@ def _expand(x, k: int):
     return x.expand(k, *x.shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, (k, *x.shape))
 
 
-class StackedTrainer:
+class StackedTrainer(ManualTrainer):
     """K replicas of the hand-written engine: parameters (K, ...), inputs (K, B, D), lr (K,).
 
     ``step`` returns the K losses; after a recorded step ``record`` holds the per-layer tensors
@@ -199,62 +198,21 @@ class StackedTrainer:
     captures again after the stack is cut (a replica diverged) or loaded from a checkpoint.
     """
 
+    replica_ndim = 1  # each replica clipped by its own norm
+
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
                  lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False):
-        self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
-        self.net = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
         # float64 numpy or a tensor of the params' dtype: as a python float lr meets the params alone
         lr = backend.asarray(np.asarray(lrs, dtype=np.float64))
-        self.optimizer = get_optimizer(optimizer, **{**hyper, "lr": lr})
-        self.record: dict = {}
-        self.grads: dict = {}
-        self.graphed = None
-        if cuda_graph:
-            if backend.name != "torch" or not str(backend.device).startswith("cuda"):
-                raise ConfigError(
-                    f"engine.cuda_graph=True is not allowed here: the replicas run on {backend.name} arrays "
-                    f"on device {backend.device!r}; engine.cuda_graph must be false unless they run on CUDA "
-                    "(engine.backend=torch, device=cuda)")
-            self.graphed = GraphedStep(self.net, self.optimizer, clip_norm)
+        super().__init__(spec, initial, backend, optimizer, {**hyper, "lr": lr}, clip_norm, cuda_graph)
 
     @property
     def count(self) -> int:
         return self.net.params["W1"].shape[0]
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
-        def targets(y):
-            return self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
-
-        self.data = {"train": (self.backend.asarray(x_train), targets(y_train)),
-                     "test": (self.backend.asarray(x_test), targets(y_test))}
-
-    def _index(self, idx: np.ndarray):
-        return torch.as_tensor(idx, device=self.backend.device) if self.backend.name == "torch" else idx
-
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> np.ndarray:
         """One step of every replica on its own minibatch, ``idx`` (K, B); returns the K losses."""
-        x, y = self.data["train"]
-        i = self._index(idx)
-        layers = range(1, self.spec.num_layers + 1)
-        before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
-            loss = self.graphed(x[i], y[i])
-            grads = self.net.grads
-        else:
-            loss, grads = self.net.loss_and_grads(x[i], y[i])
-            if self.clip_norm is not None:
-                clip_grad_norm(grads, self.clip_norm, replica_ndim=1)
-            if update:
-                self.optimizer.step(self.net.params, grads)
-        self.grads = grads
-        if record:
-            weights = [self.net.params[f"W{layer}"] for layer in layers]
-            self.record = dict(
-                pre_activations=self.net.pre_activations, activations=self.net.activations,
-                weight_grads=[grads[f"W{layer}"] for layer in layers],
-                pre_activation_grads=self.net.pre_activation_grads, weights=weights,
-                updates=[w - b for w, b in zip(weights, before, strict=True)] if before else None)
-        return to_numpy(loss).astype(np.float64)
+        return to_numpy(self._train_step(idx, update, record)).astype(np.float64)
 
     def replica_records(self) -> list[dict]:
         """``record`` cut into K per-replica records (numpy, one device-to-host copy per tensor)."""
@@ -297,21 +255,18 @@ class StackedTrainer:
         return {key: to_numpy(value[k]).copy() for key, value in self.net.params.items()}
 
     def state_dict(self) -> dict:
-        """The stack's parameters, optimiser state, step count and learning rates, as CPU tensors."""
-        return {"params": to_tensors(self.net.params),
-                "optimizer": {"state": to_tensors(self.optimizer.state), "steps": self.optimizer.steps,
-                              "lr": to_tensors(self.optimizer.lr)}}
+        """``ManualTrainer.state_dict`` and the replicas' learning rates (the stack may have been cut)."""
+        state = super().state_dict()
+        state["optimizer"]["lr"] = to_tensors(self.optimizer.lr)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """The inverse of ``state_dict``, for a stack already cut to the same replicas."""
-        def to_backend(t: torch.Tensor):  # a copy: the stack shares no memory with ``state``
-            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device, copy=True)
-
         for key, value in state["params"].items():
-            self.net.params[key] = to_backend(value)
-        self.optimizer.state = map_tensors(state["optimizer"]["state"], to_backend)
+            self.net.params[key] = self._to_backend(value)
+        self.optimizer.state = map_tensors(state["optimizer"]["state"], self._to_backend)
         self.optimizer.steps = state["optimizer"]["steps"]
-        self.optimizer.lr = to_backend(state["optimizer"]["lr"])
+        self.optimizer.lr = self._to_backend(state["optimizer"]["lr"])
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only the replicas at ``rows`` (stack positions): parameters, optimiser state, lr."""

@@ -65,6 +65,8 @@ class ManualTrainer(Trainer):
     step that only records (``update=False``) runs eagerly.
     """
 
+    replica_ndim = 0  # leading replica axes of the parameters (testbed.app.replicas.StackedTrainer: 1)
+
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
                  clip_norm: float | None = None, cuda_graph: bool = False):
         self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
@@ -99,22 +101,28 @@ class ManualTrainer(Trainer):
         return {"params": to_tensors(self.net.params),
                 "optimizer": {"state": to_tensors(self.optimizer.state), "steps": self.optimizer.steps}}
 
+    def _to_backend(self, t: torch.Tensor):
+        """A checkpoint's CPU tensor as this backend's array: a copy, sharing no memory with it."""
+        return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device, copy=True)
+
     def load_state_dict(self, state: dict) -> None:
         """In place: parameters and optimiser state tensors keep their memory, so that whoever holds
         them (a captured CUDA graph) sees the loaded values."""
-        def to_backend(t: torch.Tensor):  # a copy: the trainer shares no memory with ``state``
-            return t.numpy().copy() if self.backend.name == "numpy" else t.to(self.backend.device, copy=True)
-
         for key, param in self.net.params.items():
             value = state["params"][key]
             if self.backend.name == "numpy":
                 param[...] = value.numpy()
             else:
                 param.copy_(value)
-        _load_in_place(self.optimizer.state, state["optimizer"]["state"], to_backend)
+        _load_in_place(self.optimizer.state, state["optimizer"]["state"], self._to_backend)
         self.optimizer.steps = state["optimizer"]["steps"]
 
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
+        return float(self._train_step(idx, update, record))
+
+    def _train_step(self, idx: np.ndarray, update: bool, record: bool):
+        """Forward, backward, clipping, the update (unless ``update=False``) and, with ``record``,
+        the per-layer tensors the diagnostics read; returns the loss array."""
         x, y = self.data["train"]
         i = self._index(idx)
         layers = range(1, self.spec.num_layers + 1)
@@ -125,7 +133,7 @@ class ManualTrainer(Trainer):
         else:
             loss, grads = self.net.loss_and_grads(x[i], y[i])
             if self.clip_norm is not None:
-                clip_grad_norm(grads, self.clip_norm)
+                clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
             if update:
                 self.optimizer.step(self.net.params, grads)
         self.grads = grads
@@ -136,7 +144,7 @@ class ManualTrainer(Trainer):
                 weight_grads=[grads[f"W{layer}"] for layer in layers],
                 pre_activation_grads=self.net.pre_activation_grads, weights=weights,
                 updates=[w - b for w, b in zip(weights, before, strict=True)] if before else None)
-        return float(loss)
+        return loss
 
     def _forward_loss(self, x, y):
         output = self.net.forward(x)
@@ -205,6 +213,11 @@ class TorchTrainer(Trainer):
         return a, pre_activations, activations
 
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
+        return float(self._train_step(idx, update, record))
+
+    def _train_step(self, idx: np.ndarray, update: bool, record: bool):
+        """Forward, backward, clipping, the update (unless ``update=False``) and, with ``record``,
+        the per-layer tensors the diagnostics read; returns the loss array."""
         x, y = self.data["train"]
         i = torch.as_tensor(idx, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
