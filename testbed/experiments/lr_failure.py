@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from testbed.experiments.base import Claim, explain_failures, figure_path, mark_smoke, pyplot, save_figure
-from testbed.experiments.measure import eval_series, fmt, fraction, initial_loss, number
+from testbed.experiments.measure import (
+    best_rates,
+    by_optimiser_and_rate,
+    eval_series,
+    fmt,
+    fraction,
+    initial_loss,
+    number,
+)
 
 NAME = "lr_failure"
 SMOKE = ["optim=sgd,adam", "optim.lr=0.00001,0.1,10.0", "seed=0", "model.width=16", "train.steps=4",
@@ -78,19 +86,9 @@ def _final(run) -> float:
 def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     runs = [r for r in runs if r.finished and r.metrics]
     claims = [replace(c) for c in CLAIMS]
-    by = {}
-    for run in runs:
-        by.setdefault((_optimiser(run), float(run.get("optim.lr"))), []).append(run)
-    optimisers = [o for o in OPTIMISERS if any(k[0] == o for k in by)]
-    lrs = sorted({k[1] for k in by})
+    by, optimisers, lrs = by_optimiser_and_rate(runs, _optimiser, OPTIMISERS)
     large, small = max(lrs), min(lrs)
-
-    best = {}
-    for o in optimisers:
-        finals = [(np.mean([_final(r) for r in by[(o, lr)]]), lr) for lr in lrs if (o, lr) in by]
-        finals = [f for f in finals if math.isfinite(f[0])]
-        if finals:
-            best[o] = min(finals)[1]
+    best = best_rates(by, optimisers, lrs, _final)
 
     # -- L1: too large diverges
     shares = {o: fraction(r.status == "diverged" for r in by.get((o, large), [])) for o in optimisers}

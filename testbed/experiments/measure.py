@@ -153,6 +153,28 @@ def layer_jacobian_singular_values(spec: MLPSpec, params: dict, x: np.ndarray) -
     return values
 
 
+def by_optimiser_and_rate(runs: list[Run], optimiser_of, order: list[str]) -> tuple[dict, list, list]:
+    """A learning-rate grid sweep grouped: {(optimiser, lr): runs}, the optimisers present (in
+    ``order``), and the rates present (ascending). ``optimiser_of(run)`` names a run's optimiser."""
+    by: dict = {}
+    for run in runs:
+        by.setdefault((optimiser_of(run), float(run.get("optim.lr"))), []).append(run)
+    return by, [o for o in order if any(key[0] == o for key in by)], sorted({key[1] for key in by})
+
+
+def best_rates(by: dict, optimisers: list[str], lrs: list[float], score) -> dict[str, float]:
+    """Each optimiser's rate with the lowest seed-mean ``score(run)`` (rates whose mean is not
+    finite left out; a tie goes to the smaller rate)."""
+    best = {}
+    for optimiser in optimisers:
+        scored = [(np.mean([score(r) for r in by[(optimiser, lr)]]), lr)
+                  for lr in lrs if (optimiser, lr) in by]
+        scored = [s for s in scored if math.isfinite(s[0])]
+        if scored:
+            best[optimiser] = min(scored)[1]
+    return best
+
+
 def geomean(values) -> float:
     """Geometric mean of positive numbers (nan if any is not positive or finite)."""
     values = np.asarray(values, dtype=float)

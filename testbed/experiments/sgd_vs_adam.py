@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.experiments.base import Claim, figure_path, mark_smoke, pyplot, save_figure
-from testbed.experiments.measure import fmt, mean_std, number, series
+from testbed.experiments.measure import best_rates, by_optimiser_and_rate, fmt, mean_std, number, series
 
 NAME = "sgd_vs_adam"
 SMOKE = ["optim=sgd,adam", "optim.lr=0.001,0.1", "seed=0", "model.width=16", "train.steps=4",
@@ -77,19 +77,8 @@ def final_loss(run) -> float:
 def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     runs = [r for r in runs if r.finished and r.metrics]
     claims = [replace(c) for c in CLAIMS]
-    by = {}
-    for run in runs:
-        by.setdefault((_optimiser(run), float(run.get("optim.lr"))), []).append(run)
-    optimisers = [o for o in OPTIMISERS if any(k[0] == o for k in by)]
-    lrs = sorted({k[1] for k in by})
-
-    best = {}
-    for optimiser in optimisers:
-        scored = [(np.mean([speed(r) for r in by[(optimiser, lr)]]), lr) for lr in lrs
-                  if (optimiser, lr) in by]
-        scored = [s for s in scored if math.isfinite(s[0])]
-        if scored:
-            best[optimiser] = min(scored)[1]
+    by, optimisers, lrs = by_optimiser_and_rate(runs, _optimiser, OPTIMISERS)
+    best = best_rates(by, optimisers, lrs, speed)
     stats = {o: mean_std([speed(r) for r in by[(o, lr)]]) for o, lr in best.items()}
 
     # -- K1: Adam fastest at each optimiser's best rate
