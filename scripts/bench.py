@@ -213,16 +213,40 @@ def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Be
     return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None)
 
 
+def replica_data(batch: int, seed: int = 0):
+    """A train split of ``batch`` rows (and a test split), as the app's trainers load data."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(batch, IN_FEATURES)), rng.integers(0, CLASSES, batch),
+            rng.normal(size=(batch, IN_FEATURES)), rng.integers(0, CLASSES, batch))
+
+
 def replica_steps(k: int, depth: int, width: int, batch: int, device: str):
-    """A step of K stacked replicas, and a step of a loop over min(K, 16) autograd models."""
-    stacked_step = build_stacked(k, depth, width, batch, device).manual_step
-    loop = [build(depth, width, batch, "float32", device).autograd_step for _ in range(min(k, LOOP_MODELS))]
+    """One step of K replicas as ``train.replicas=K`` trains them (the app's ReplicaTrainer, float32,
+    SGD, in blocks of ``replica_block``), and one step of a loop over min(K, 16) of the app's torch
+    autograd trainers (``engine=torch``), each replica on its own minibatch order; returns (stacked
+    step, loop trainers, loop step, blocks)."""
+    from testbed.app.replicas import ReplicaTrainer, replica_block
+    from testbed.app.trainers import TorchTrainer
+
+    spec = MLPSpec(IN_FEATURES, CLASSES, depth=depth, width=width, activation="relu", init="kaiming_normal")
+    be = Backend("torch", "float32", device)
+    data = replica_data(batch)
+    trainer = ReplicaTrainer(spec, init_replica_params(spec, list(range(k))), be, "sgd", {}, [1e-3] * k,
+                             block=replica_block(spec, batch, be))
+    trainer.load_data(*data)
+    rng = np.random.default_rng(1)
+    idx = np.stack([rng.permutation(batch) for _ in range(k)])
+    loop = []
+    for r in range(min(k, LOOP_MODELS)):
+        model = TorchTrainer(spec, init_params(spec, r), device, "float32", "sgd", {"lr": 1e-3})
+        model.load_data(*data)
+        loop.append(model)
 
     def loop_step():  # up to 16 models, scaled: the loop's cost is linear in K
-        for step in loop:
-            step()
+        for r, model in enumerate(loop):
+            model.step(idx[r])
 
-    return stacked_step, loop, loop_step
+    return lambda: trainer.step(idx), loop, loop_step, len(trainer.blocks)
 
 
 def shape_str(shape: Shape) -> str:
@@ -321,18 +345,24 @@ def matmul_flops_per_s(width: int, batch: int, dtype: str, device: str, repeats:
 def replica_table(out: list[str], s: Settings) -> None:
     """Replica-steps/s: K replicas stacked in batched matmuls vs a loop of K autograd models."""
     tf = ", TF32 off (torch's default)" if s.device == "cuda" else ""
-    out += [f"float32{tf}, SGD, medians of up to {s.repeats} interleaved repeats. The loop column "
-            f"times a loop over min(K, {LOOP_MODELS}) per-replica torch autograd models, one step each, "
+    out += [f"float32{tf}, SGD, medians of up to {s.repeats} interleaved repeats. The stacked column "
+            "times the app's replica trainer (`train.replicas=K`: each replica's minibatch gathered, "
+            "the step, the K losses copied to the host), whose replicas run in blocks "
+            "(`train.replica_block`, automatic: on CPU a block's largest matrix within 4 MiB, on CUDA "
+            "one block). The loop column "
+            f"times a loop over min(K, {LOOP_MODELS}) of the app's torch autograd trainers (`engine=torch`, "
+            "the same minibatch gathering and loss copy), one step each, "
             "and scales it to K (its cost is linear in K): replica-steps/s = models / loop time."]
     for shape in s.replica_shapes:
         depth, width, batch = shape
         out += ["", f"Shape depth {depth}, width {width}, batch {batch}.", "",
-                "| K | stacked manual replica-steps/s | autograd loop replica-steps/s | speed-up | repeats |",
-                "|---|---|---|---|---|"]
+                "| K | blocks | stacked manual replica-steps/s | autograd loop replica-steps/s | speed-up | "
+                "repeats |",
+                "|---|---|---|---|---|---|"]
         speedups: dict[int, float] = {}
         for k in s.ks:
             with tf32(False if s.device == "cuda" else None):
-                stacked_step, loop, loop_step = replica_steps(k, depth, width, batch, s.device)
+                stacked_step, loop, loop_step, blocks = replica_steps(k, depth, width, batch, s.device)
                 t, reps = interleaved({"stacked": stacked_step, "loop": loop_step}, s.device, s.repeats,
                                       s.budget_s)
             del stacked_step, loop, loop_step
@@ -340,7 +370,8 @@ def replica_table(out: list[str], s: Settings) -> None:
                 torch.cuda.empty_cache()
             stacked_rate, loop_rate = k / t["stacked"], min(k, LOOP_MODELS) / t["loop"]
             speedups[k] = stacked_rate / loop_rate
-            out.append(f"| {k} | {stacked_rate:.0f} | {loop_rate:.0f} | **{speedups[k]:.1f}x** | {reps} |")
+            out.append(f"| {k} | {blocks} | {stacked_rate:.0f} | {loop_rate:.0f} | **{speedups[k]:.1f}x** | "
+                       f"{reps} |")
             print(out[-1], flush=True)
         if speedups:
             slowest = min(speedups, key=speedups.get)

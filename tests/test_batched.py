@@ -110,7 +110,8 @@ def assert_same_run(alone_dir: Path, batched_dir: Path, alone: dict | None = Non
     [],  # the torch backend, SGD
     ["engine=both", "optim=momentum"],  # the torch reference batched with torch.func
     ["engine.backend=numpy", "optim=adam", "optim.lr=0.01", "optim.clip_norm=0.5", "model.activation=relu"],
-], ids=["manual-sgd", "both-momentum", "numpy-adam-clip"])
+    ["train.replica_block=2", "engine=both", "optim=adam", "optim.clip_norm=0.5"],  # blocks of 2 and 1
+], ids=["manual-sgd", "both-momentum", "numpy-adam-clip", "blocks-both-adam"])
 def test_each_replica_equals_its_run_alone(tmp_path, extra):
     points = POINTS
     if "optim=adam" in extra:
@@ -126,10 +127,14 @@ def test_each_replica_equals_its_run_alone(tmp_path, extra):
         assert_same_run(alone_dir, batched_dirs[k], summary, summaries[k])
 
 
-def test_a_diverged_replica_is_recorded_and_dropped_while_the_others_go_on(tmp_path):
+@pytest.mark.parametrize("block", [None, 2, 1], ids=["one-block", "blocks-of-2", "blocks-of-1"])
+def test_a_diverged_replica_is_recorded_and_dropped_while_the_others_go_on(tmp_path, block):
+    """Replica 1 diverges: one stack is cut; in blocks of 2 the first block is cut; in blocks of 1
+    its block is dropped."""
     points = [ReplicaPoint(0, 0.01, "xavier_uniform", 1.0), ReplicaPoint(1, 50.0, "xavier_uniform", 1.0),
               ReplicaPoint(2, 0.02, "kaiming_normal", 1.0)]
-    base = [*BASE, "engine.backend=numpy", "optim=adam", "train.max_loss=8"]
+    base = [*BASE, "engine.backend=numpy", "optim=adam", "train.max_loss=8",
+            *([f"train.replica_block={block}"] if block else [])]
     cfg, alone = compose_configs(base, points)
     batched_dirs = [tmp_path / f"batched{k}" for k in range(3)]
     with warnings.catch_warnings(record=True) as caught:
@@ -164,6 +169,7 @@ def test_replica_keys_of_a_config():
     validate_replicas(OmegaConf.merge(cfg, OmegaConf.from_dotlist(["train.checkpoint_every=5"])))
     for key, value, message in (("train.replica_lrs", [0.1, 0.2], "one per replica"),
                                 ("train.replica_lrs", [0.1, -1.0, 0.2], "finite numbers > 0"),
+                                ("train.replica_block", 0, "null \\(automatic\\) or an integer >= 1"),
                                 ("engine.name", "torch", "manual or both")):
         bad = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
         with pytest.raises(ConfigError, match=message):
@@ -308,7 +314,8 @@ def _params_bitwise(a: Path, b: Path) -> bool:
 @pytest.mark.parametrize("extra", [
     ["engine=both", "optim=momentum"],
     ["engine.backend=numpy", "optim=adam", "train.max_loss=8"],
-], ids=["both-momentum", "numpy-adam-diverging"])
+    ["optim=adam", "train.max_loss=8", "train.replica_block=2"],
+], ids=["both-momentum", "numpy-adam-diverging", "blocks-adam-diverging"])
 def test_a_replica_program_killed_and_resumed_equals_one_never_stopped(tmp_path, extra):
     """Killed after its second checkpoint (one replica already diverged in the Adam case, so the stack
     is cut), resumed from the job's checkpoint: every replica's files equal the uninterrupted run's."""

@@ -5,7 +5,9 @@ activation and dtype, the data, the batch size, the optimiser and its other hype
 number of steps) and may differ in the four *batchable* keys: ``seed`` (initial weights and
 minibatch order), ``optim.lr``, ``model.init`` and ``model.init_scale``. Their parameters are
 stacked on a leading replica axis (``testbed.engine.init_replica_params``) and every layer runs as
-one batched matmul over the K replicas; the optimiser takes one learning rate per replica.
+one batched matmul over the K replicas; the optimiser takes one learning rate per replica. On CPU a
+large stack runs as consecutive blocks of replicas (``train.replica_block``; by default as many as
+keep a block's largest matrix within 4 MiB, see ``replica_block``), each a stack of its own.
 
 Replica k equals the same configuration run alone (``testbed.app.run.train``): the same
 minibatches (``BatchSampler(n, batch, seed=seed_k)``), the same metrics rows at the same steps, the
@@ -146,6 +148,9 @@ def validate_replicas(cfg: DictConfig) -> None:
     _check(all(_finite(lr) and lr > 0 for lr in lrs), "train.replica_lrs", lrs, "finite numbers > 0")
     _check(all(_finite(s) and s >= 0 for s in scales), "train.replica_init_scales", scales,
            "finite numbers >= 0")
+    block = OmegaConf.select(cfg, "train.replica_block", default=None)
+    _check(block is None or (isinstance(block, int) and block >= 1), "train.replica_block", block,
+           "null (automatic) or an integer >= 1")
     if wants_replicas(cfg):
         engine = str(cfg.engine.name)
         _check(engine in SUPPORTED_ENGINES, "engine", engine,
@@ -279,6 +284,139 @@ class StackedTrainer(ManualTrainer):
         self.optimizer.lr = _take(self.optimizer.lr, rows)
 
 
+# -- blocks: a large stack stepped in cache-sized pieces -------------------------------------------
+
+# On CPU, a block's largest matrix (an activation, batch x width, or a weight gradient,
+# fan_out x fan_in, times the block's replicas) is kept within this many bytes.
+BLOCK_BYTES = 4 * 2**20
+
+
+def replica_block(spec: MLPSpec, batch: int, backend: Backend, requested: int | None = None) -> int:
+    """How many replicas one batched block holds: ``requested`` when given; else, on CUDA, all of
+    them (one program: the GPU wants large launches); on CPU, as many as keep the block's largest
+    matrix within ``BLOCK_BYTES``. A larger CPU block's temporaries leave the caches, and past glibc's
+    32 MiB mmap threshold every step maps and zero-fills fresh pages for them: K=256 replicas of
+    depth 20, width 256, batch 128 ran at 0.4x the replica-steps/s of the same stack in blocks of
+    16 (results/bench/)."""
+    if requested is not None:
+        return requested
+    if backend.name == "torch" and str(backend.device).startswith("cuda"):
+        return sys.maxsize
+    sizes = spec.layer_sizes
+    largest = max(max(batch * fan_out, batch * fan_in, fan_in * fan_out)
+                  for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True))
+    itemsize = 8 if backend.dtype == "float64" else 4
+    return max(1, BLOCK_BYTES // (largest * itemsize))
+
+
+def _concat_states(states: list):
+    """Block states (``StackedTrainer.state_dict``) as one: replica-axis tensors concatenated."""
+    first = states[0]
+    if isinstance(first, dict):
+        return {key: _concat_states([state[key] for state in states]) for key in first}
+    if isinstance(first, torch.Tensor) and first.ndim >= 1:
+        return torch.cat(states)
+    return first  # a step count, the same in every block
+
+
+def _slice_state(state, start: int, stop: int):
+    """Replicas ``start:stop`` of a state of the whole stack (the inverse of ``_concat_states``)."""
+    if isinstance(state, dict):
+        return {key: _slice_state(value, start, stop) for key, value in state.items()}
+    if isinstance(state, torch.Tensor) and state.ndim >= 1:
+        return state[start:stop]
+    return state
+
+
+class ReplicaTrainer:
+    """K replicas as consecutive blocks of at most ``block`` replicas (``replica_block``), each a
+    ``StackedTrainer`` with its own parameters, optimiser state and (with ``cuda_graph``) graph,
+    stepped one after another. It offers a ``StackedTrainer``'s interface over all K, replica j
+    being position j of the blocks laid end to end; ``state_dict`` is that of one stack of K, so a
+    checkpoint does not depend on the block size."""
+
+    def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
+                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False,
+                 block: int = sys.maxsize):
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.spec = spec
+        self.blocks = []
+        for first in range(0, len(lrs), block):
+            rows = slice(first, first + block)
+            params = {key: value[rows] for key, value in initial.items()}
+            self.blocks.append(StackedTrainer(spec, params, backend, optimizer, hyper, lrs[rows], clip_norm,
+                                              cuda_graph))
+
+    @property
+    def count(self) -> int:
+        return sum(b.count for b in self.blocks)
+
+    def _spans(self) -> list[tuple[StackedTrainer, int, int]]:
+        """(block, first, stop): the positions each block holds."""
+        spans, first = [], 0
+        for b in self.blocks:
+            spans.append((b, first, first + b.count))
+            first += b.count
+        return spans
+
+    def _locate(self, j: int) -> tuple[StackedTrainer, int]:
+        for b, first, stop in self._spans():
+            if first <= j < stop:
+                return b, j - first
+        raise IndexError(f"replica {j} of {self.count}")
+
+    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+        self.blocks[0].load_data(x_train, y_train, x_test, y_test)
+        for b in self.blocks[1:]:
+            b.data = self.blocks[0].data  # one copy of the data set for all blocks
+
+    def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> np.ndarray:
+        """One step of every replica on its own minibatch, ``idx`` (K, B); returns the K losses."""
+        return np.concatenate([b.step(idx[first:stop], update, record) for b, first, stop in self._spans()])
+
+    def replica_records(self) -> list[dict]:
+        return [record for b in self.blocks for record in b.replica_records()]
+
+    def evaluate(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+        results = [b.evaluate(split) for b in self.blocks]
+        accuracies = None if results[0][1] is None else np.concatenate([acc for _, acc in results])
+        return np.concatenate([loss for loss, _ in results]), accuracies
+
+    def params_numpy(self, j: int) -> dict[str, np.ndarray]:
+        b, k = self._locate(j)
+        return b.params_numpy(k)
+
+    def replica_params(self, j: int) -> dict:
+        b, k = self._locate(j)
+        return {key: value[k] for key, value in b.net.params.items()}
+
+    def replica_grads(self, j: int) -> dict:
+        """Replica j's gradients of the last step."""
+        b, k = self._locate(j)
+        return {key: value[k] for key, value in b.grads.items()}
+
+    def state_dict(self) -> dict:
+        return _concat_states([b.state_dict() for b in self.blocks])
+
+    def load_state_dict(self, state: dict) -> None:
+        """The inverse of ``state_dict``, for blocks already cut to the same replicas."""
+        for b, first, stop in self._spans():
+            b.load_state_dict(_slice_state(state, first, stop))
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only the replicas at ``rows`` (positions, ascending); a block left empty is dropped."""
+        kept = []
+        for b, first, stop in self._spans():
+            own = rows[(rows >= first) & (rows < stop)] - first
+            if len(own) == stop - first:
+                kept.append(b)
+            elif len(own):
+                b.keep(own)
+                kept.append(b)
+        self.blocks = kept
+
+
 # -- the torch reference, batched with torch.func --------------------------------------------------
 
 class StackedTorchReference:
@@ -328,14 +466,13 @@ class StackedTorchReference:
                 self.optimizers[k].step()
         return losses.detach().cpu().numpy().astype(np.float64)
 
-    def compare(self, k: int, manual: StackedTrainer, manual_loss: float, torch_loss: float) -> dict:
+    def compare(self, k: int, manual: ReplicaTrainer, manual_loss: float, torch_loss: float) -> dict:
         """Replica k's ``cmp/*``, as ``testbed.app.run.compare`` for a run alone."""
-        params = self.params[k]
+        params, grads, manual_params = self.params[k], manual.replica_grads(k), manual.replica_params(k)
         return {
             "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
-            "cmp/grad_max_rel_err": max(relative_error(manual.grads[key][k], p.grad)
-                                        for key, p in params.items()),
-            "cmp/param_max_rel_err": max(relative_error(manual.net.params[key][k], p.detach())
+            "cmp/grad_max_rel_err": max(relative_error(grads[key], p.grad) for key, p in params.items()),
+            "cmp/param_max_rel_err": max(relative_error(manual_params[key], p.detach())
                                          for key, p in params.items()),
         }
 
@@ -420,8 +557,12 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
     lrs, dtype = [p.lr for p in points], str(cfg.model.dtype)
     backend_name = str(cfg.engine.backend)
     backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
-    trainer = StackedTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm,
-                             cuda_graph=cfg.engine.cuda_graph)
+    block = replica_block(spec, cfg.data.batch_size, backend, cfg.train.get("replica_block"))
+    trainer = ReplicaTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm,
+                             cuda_graph=cfg.engine.cuda_graph, block=block)
+    if len(trainer.blocks) > 1:
+        log.info("%d replicas in %d blocks of at most %d (train.replica_block=%s)", len(points),
+                 len(trainer.blocks), block, cfg.train.get("replica_block") or "null: automatic")
     reference = (StackedTorchReference(spec, initial, device, dtype, name, hyper, lrs, cfg.optim.clip_norm)
                  if engine == "both" else None)
     for t in (trainer, reference):
