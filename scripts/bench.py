@@ -95,12 +95,14 @@ def timed(fn: Callable, device: str, number: int) -> float:
 
 
 def interleaved(fns: dict[str, Callable], device: str, repeats: int, budget_s: float = 0.2,
-                max_s: float = 20.0) -> tuple[dict[str, float], int]:
+                max_s: float = 20.0, samples: dict[str, list[float]] | None = None
+                ) -> tuple[dict[str, float], int]:
     """Median seconds per call of each function, repeats interleaved, after a warm-up call.
 
     Each sample runs a function ``budget_s / (one call)`` times (at least once). When a round of
     samples takes long (huge shapes), fewer repeats (at least 3) keep the total under ``max_s``;
-    returns (medians, repeats used).
+    returns (medians, repeats used). ``samples``, when given, receives every round's seconds per
+    call of each function, in round order (for ratios taken within a round: ``paired_ratio``).
     """
     for fn in fns.values():
         fn()
@@ -108,11 +110,24 @@ def interleaved(fns: dict[str, Callable], device: str, repeats: int, budget_s: f
     number = {k: max(1, int(budget_s / s)) for k, s in single.items()}
     round_s = sum(number[k] * single[k] for k in fns)
     repeats = max(min(3, repeats), min(repeats, int(max_s / round_s)))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    rounds: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            samples[name].append(timed(fn, device, number[name]))
-    return {k: float(np.median(v)) for k, v in samples.items()}, repeats
+            rounds[name].append(timed(fn, device, number[name]))
+    if samples is not None:
+        samples.update(rounds)
+    return {k: float(np.median(v)) for k, v in rounds.items()}, repeats
+
+
+def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float]:
+    """(median, smallest, largest) over rounds of ``a``'s time / ``b``'s time in the same round.
+
+    The two samples of a round are taken back to back, so a slow spell of the machine (seconds
+    long here: other tenants of the host's cores) slows both and cancels in their ratio, where
+    a ratio of two medians can pair a slow sample of one with a fast one of the other.
+    """
+    ratios = np.array(samples[a]) / np.array(samples[b])
+    return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
 @contextmanager
@@ -280,14 +295,17 @@ class Settings:
 
 def step_table(out: list[str], s: Settings) -> None:
     all_threads = torch.get_num_threads()
-    out += [f"Medians of up to {s.repeats} interleaved repeats. Threads: torch's intra-op threads "
+    out += [f"Medians of up to {s.repeats} interleaved repeats. manual/autograd: the median over the "
+            "rounds of the ratio of the two steps' times within a round (taken back to back, so that a "
+            "slow spell of the machine hits both); its range: the smallest and largest round. "
+            "Threads: torch's intra-op threads "
             "(CPU); the one-thread rows are how sweep jobs run (one job per core, OMP_NUM_THREADS=1). "
             "FLOP ratio: the matmul FLOPs of forward+backward over forward's (the floor of the time "
             "ratio, about 3).", "",
             "| depth/width/batch | dtype | threads | manual step ms | autograd step ms | manual/autograd | "
-            "(fwd+bwd)/fwd time | FLOP ratio (fwd+bwd)/fwd | manual GFLOP/s | matmul GFLOP/s | "
-            "numpy manual step ms | numpy/torch-manual |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "range over rounds | (fwd+bwd)/fwd time | FLOP ratio (fwd+bwd)/fwd | manual GFLOP/s | "
+            "matmul GFLOP/s | numpy manual step ms | numpy/torch-manual |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios: list[tuple[Shape, str, str, float]] = []
     for shape in s.shapes:
         depth, width, batch = shape
@@ -301,7 +319,9 @@ def step_table(out: list[str], s: Settings) -> None:
                 with cpu_threads(threads) if s.device == "cpu" else nullcontext(), tf32(allow):
                     b = build(depth, width, batch, dtype, s.device)
                     fns = {"manual": b.manual_step, "autograd": b.autograd_step, "forward": b.manual_forward}
-                    t, _ = interleaved(fns, s.device, s.repeats, s.budget_s)
+                    rounds: dict[str, list[float]] = {}
+                    t, _ = interleaved(fns, s.device, s.repeats, s.budget_s, samples=rounds)
+                    ratio, lowest, highest = paired_ratio(rounds, "manual", "autograd")
                     numpy_ms = ratio_np = ""
                     if s.device == "cpu":
                         # timed on its own: numpy's BLAS threads, still spinning after a numpy call,
@@ -314,12 +334,12 @@ def step_table(out: list[str], s: Settings) -> None:
                     mm = matmul_flops_per_s(width, batch, dtype, s.device, max(3, s.repeats // 2), s.budget_s)
                 flops = mlp_flops(batch, b.spec.layer_sizes)
                 achieved = (flops.forward + flops.backward) / t["manual"]
-                ratio = t["manual"] / t["autograd"]
                 thread_label = str(threads) if s.device == "cpu" else "-"
                 ratios.append((shape, label, thread_label, ratio))
                 out.append(
                     f"| {shape_str(shape)} | {label} | {thread_label} | {t['manual'] * 1e3:.3f} | "
-                    f"{t['autograd'] * 1e3:.3f} | **{ratio:.2f}** | {t['manual'] / t['forward']:.2f} | "
+                    f"{t['autograd'] * 1e3:.3f} | **{ratio:.2f}** | {lowest:.2f}-{highest:.2f} | "
+                    f"{t['manual'] / t['forward']:.2f} | "
                     f"{(flops.forward + flops.backward) / flops.forward:.2f} | {achieved / 1e9:.1f} | "
                     f"{mm / 1e9:.1f} | {numpy_ms} | {ratio_np} |")
                 print(out[-1], flush=True)

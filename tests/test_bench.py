@@ -108,3 +108,13 @@ def test_bench_sweep_section_batched_equals_unbatched(tmp_path: Path) -> None:
     assert [r[0] for r in rows[1:]] == ["basic (unbatched)", "batched"]
     assert all(number(r[3]) > 0 for r in rows[1:]) and rows[1][1] == rows[2][1] == "36"
     assert re.search(r"over 36 points: [0-9.e+-]+ \(<= 1e-10: \*\*met\*\*\)", text), text
+
+
+def test_paired_ratio_takes_the_ratio_within_each_round():
+    """A slow spell hitting both samples of round 2 cancels in its ratio; a ratio of the two medians
+    pairs round 3's slow sample of one with fast samples of the other."""
+    bench = load_bench()
+    samples = {"manual": [1.0, 4.0, 4.0], "autograd": [2.0, 8.0, 2.0]}
+    assert bench.paired_ratio(samples, "manual", "autograd") == (0.5, 0.5, 2.0)
+    assert bench.interleaved({"f": lambda: None}, "cpu", 3, budget_s=1e-4, samples=samples)[1] == 3
+    assert len(samples["f"]) == 3 and samples["manual"] == [1.0, 4.0, 4.0]
