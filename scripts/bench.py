@@ -188,7 +188,7 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
     x, y = be.asarray(x_np), be.labels(y_np)
 
     def manual_step():
-        _, grads = net.loss_and_grads(x, y)
+        _, grads = net.loss_and_grads(x, y, record=False)  # as the app's unlogged steps
         opt.step(net.params, grads)
 
     def manual_forward():
@@ -222,7 +222,7 @@ def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Be
     y = be.labels(rng.integers(0, CLASSES, (k, batch)))
 
     def stacked_step():
-        _, grads = net.loss_and_grads(x, y)
+        _, grads = net.loss_and_grads(x, y, record=False)  # as the app's unlogged steps
         opt.step(net.params, grads)
 
     return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None)

@@ -17,10 +17,12 @@ occur: with zero weights and biases every prediction is uniform and dL/db^L is t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import NETWORK_TOL, Backend, backend_params, compare_network
 
-from testbed.engine import ACTIVATIONS, LOSSES, WEIGHT_INITS, MLPSpec
+from testbed.engine import ACTIVATIONS, LOSSES, MLP, WEIGHT_INITS, MLPSpec
+from testbed.engine.backend import to_numpy
 
 ACTIVATION_NAMES = [*ACTIVATIONS, "gelu_tanh"]
 # non-default parameters, so that a parameter the reference drops would show
@@ -66,3 +68,28 @@ def test_zero_by_symmetry_is_checked_not_skipped():
     errors = compare_network(spec, Backend("numpy", "float64"))
     assert set(errors) == {"loss", "output", "dW4", "db4", "ds4"}
     assert max(errors.values()) <= NETWORK_TOL["float64"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_a_pass_without_record_gives_the_same_gradients_and_keeps_nothing_else(backend, activation):
+    """``record=False`` (a training step that logs nothing): the same loss, grads and dL/dx, bitwise,
+    and afterwards the net holds no s^l, a^l, dL/ds^l or cache of the pass; ``record=True`` after
+    it keeps them all again."""
+    spec = MLPSpec(in_features=4, out_features=3, depth=3, width=7, activation=activation)
+    be = Backend(backend, "float64")
+    rng = np.random.default_rng(0)
+    x, y = be.asarray(rng.normal(size=(5, 4))), be.labels(rng.integers(0, 3, 5))
+    kept, lean = MLP.create(spec, seed=1, backend=be), MLP.create(spec, seed=1, backend=be)
+    loss_kept, grads_kept = kept.loss_and_grads(x, y, input_grad=True)
+    loss_lean, grads_lean = lean.loss_and_grads(x, y, input_grad=True, record=False)
+    assert float(loss_lean) == float(loss_kept)
+    assert grads_lean.keys() == grads_kept.keys()
+    for key in grads_kept:
+        assert np.array_equal(to_numpy(grads_lean[key]), to_numpy(grads_kept[key])), key
+    assert np.array_equal(to_numpy(lean.input_grad), to_numpy(kept.input_grad))
+    assert not (lean.pre_activations or lean.activations or lean.pre_activation_grads or lean._caches)
+    assert [len(kept.pre_activations), len(kept.activations), len(kept.pre_activation_grads)] == [4, 3, 4]
+    lean.loss_and_grads(x, y)
+    for mine, theirs in zip(lean.pre_activation_grads, kept.pre_activation_grads, strict=True):
+        assert np.array_equal(to_numpy(mine), to_numpy(theirs))

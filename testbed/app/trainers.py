@@ -125,13 +125,14 @@ class ManualTrainer(Trainer):
         the per-layer tensors the diagnostics read; returns the loss array."""
         x, y = self.data["train"]
         i = self._index(idx)
+        self.grads = {}  # the last step's: freed before this step's exist
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
         if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
             loss = self.graphed(x[i], y[i])
             grads = self.net.grads
         else:
-            loss, grads = self.net.loss_and_grads(x[i], y[i])
+            loss, grads = self.net.loss_and_grads(x[i], y[i], record=record)
             if self.clip_norm is not None:
                 clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
             if update:
