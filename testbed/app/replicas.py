@@ -296,8 +296,8 @@ def replica_block(spec: MLPSpec, batch: int, backend: Backend, requested: int | 
     them (one program: the GPU wants large launches); on CPU, as many as keep the block's largest
     matrix within ``BLOCK_BYTES``. A larger CPU block's temporaries leave the caches, and past glibc's
     32 MiB mmap threshold every step maps and zero-fills fresh pages for them: K=256 replicas of
-    depth 20, width 256, batch 128 ran at 0.4x the replica-steps/s of the same stack in blocks of
-    16 (results/bench/)."""
+    depth 20, width 256, batch 128 (float32, 2 CPU cores) ran at 44 replica-steps/s in one stack
+    and at 124 in blocks of 16."""
     if requested is not None:
         return requested
     if backend.name == "torch" and str(backend.device).startswith("cuda"):
