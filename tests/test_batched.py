@@ -106,6 +106,22 @@ def assert_same_run(alone_dir: Path, batched_dir: Path, alone: dict | None = Non
     assert not bad, bad
 
 
+def train_batched(tmp_path: Path, cfg, points: list[ReplicaPoint]) -> tuple[list[Path], list[dict]]:
+    """The points trained together by ``train_replicas`` in tmp_path/batched<k>: (folders, summaries)."""
+    dirs = [tmp_path / f"batched{k}" for k in range(len(points))]
+    return dirs, train_replicas(cfg, points, dirs, [NullLogger() for _ in points])
+
+
+def train_alone(tmp_path: Path, configs: list) -> list[tuple[Path, dict]]:
+    """Each config run alone by ``run.train`` in tmp_path/alone<k>: (folder, summary)."""
+    runs = []
+    for k, config in enumerate(configs):
+        run_dir = tmp_path / f"alone{k}"
+        run_dir.mkdir()
+        runs.append((run_dir, train(config, run_dir, NullLogger())))
+    return runs
+
+
 @pytest.mark.parametrize("extra", [
     [],  # the torch backend, SGD
     ["engine=both", "optim=momentum"],  # the torch reference batched with torch.func
@@ -117,12 +133,8 @@ def test_each_replica_equals_its_run_alone(tmp_path, extra):
     if "optim=adam" in extra:
         points = [ReplicaPoint(p.seed, p.lr / 10, p.init, p.init_scale) for p in POINTS]
     cfg, alone = compose_configs(BASE + extra, points)
-    batched_dirs = [tmp_path / f"batched{k}" for k in range(len(points))]
-    summaries = train_replicas(cfg, points, batched_dirs, [NullLogger() for _ in points])
-    for k, config in enumerate(alone):
-        alone_dir = tmp_path / f"alone{k}"
-        alone_dir.mkdir()
-        summary = train(config, alone_dir, NullLogger())
+    batched_dirs, summaries = train_batched(tmp_path, cfg, points)
+    for k, (alone_dir, summary) in enumerate(train_alone(tmp_path, alone)):
         assert summary["status"] == "completed"
         assert_same_run(alone_dir, batched_dirs[k], summary, summaries[k])
 
@@ -136,16 +148,13 @@ def test_a_diverged_replica_is_recorded_and_dropped_while_the_others_go_on(tmp_p
     base = [*BASE, "engine.backend=numpy", "optim=adam", "train.max_loss=8",
             *([f"train.replica_block={block}"] if block else [])]
     cfg, alone = compose_configs(base, points)
-    batched_dirs = [tmp_path / f"batched{k}" for k in range(3)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summaries = train_replicas(cfg, points, batched_dirs, [NullLogger() for _ in points])
+        batched_dirs, summaries = train_batched(tmp_path, cfg, points)
     assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
-    for k, config in enumerate(alone):
-        alone_dir = tmp_path / f"alone{k}"
-        alone_dir.mkdir()
-        assert_same_run(alone_dir, batched_dirs[k], train(config, alone_dir, NullLogger()), summaries[k])
+    for k, (alone_dir, summary) in enumerate(train_alone(tmp_path, alone)):
+        assert_same_run(alone_dir, batched_dirs[k], summary, summaries[k])
     diverged = summaries[1]
     assert diverged["diverged_at_step"] < 12 and diverged["steps"] == diverged["diverged_at_step"]
     assert read_metrics(batched_dirs[1] / "metrics.jsonl")[-1]["status"] == "diverged"
@@ -285,12 +294,8 @@ def test_logged_test_loss_is_of_the_parameters_before_the_steps_update(tmp_path)
     from testbed.engine import MLP, Backend, init_params
 
     cfg, alone = compose_configs(BASE, POINTS)
-    batched_dirs = [tmp_path / f"batched{k}" for k in range(len(POINTS))]
-    summaries = train_replicas(cfg, POINTS, batched_dirs, [NullLogger() for _ in POINTS])
-    for k, config in enumerate(alone):
-        alone_dir = tmp_path / f"alone{k}"
-        alone_dir.mkdir()
-        summary = train(config, alone_dir, NullLogger())
+    batched_dirs, summaries = train_batched(tmp_path, cfg, POINTS)
+    for k, (config, (alone_dir, summary)) in enumerate(zip(alone, train_alone(tmp_path, alone), strict=True)):
         data = load_dataset(str(config.data.name), seed=config.data.seed)
         spec = model_spec(config, data)
         backend = Backend("numpy", "float64")
