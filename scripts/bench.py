@@ -171,9 +171,10 @@ class Bench:
     opt: object
     x: object
     y: object
-    manual_step: Callable
+    manual_step: Callable  # the app's step that logs nothing (plain SGD: the update fused into backward)
     manual_forward: Callable
     autograd_step: Callable
+    manual_unfused_step: Callable | None = None
 
 
 def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: str = "torch",
@@ -187,8 +188,12 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
     x_np, y_np = rng.normal(size=(batch, IN_FEATURES)), rng.integers(0, CLASSES, batch)
     x, y = be.asarray(x_np), be.labels(y_np)
 
-    def manual_step():
-        _, grads = net.loss_and_grads(x, y, record=False)  # as the app's unlogged steps
+    def manual_step():  # as the app's steps that log nothing: plain SGD fuses its update (MLP.sgd_step)
+        net.sgd_step(x, y, opt.fused_lr())
+        opt.count_step()
+
+    def manual_unfused_step():  # backward forms every gradient, then the update (any other optimiser)
+        _, grads = net.loss_and_grads(x, y, record=False)
         opt.step(net.params, grads)
 
     def manual_forward():
@@ -207,7 +212,7 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
             loss_fn(model(xt), yt).backward()
             torch_opt.step()
 
-    return Bench(spec, net, opt, x, y, manual_step, manual_forward, autograd_step)
+    return Bench(spec, net, opt, x, y, manual_step, manual_forward, autograd_step, manual_unfused_step)
 
 
 def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Bench:
@@ -225,7 +230,7 @@ def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Be
         _, grads = net.loss_and_grads(x, y, record=False)  # as the app's unlogged steps
         opt.step(net.params, grads)
 
-    return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None)
+    return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None, stacked_step)
 
 
 def replica_data(batch: int, seed: int = 0):
@@ -301,11 +306,14 @@ def step_table(out: list[str], s: Settings) -> None:
             "Threads: torch's intra-op threads "
             "(CPU); the one-thread rows are how sweep jobs run (one job per core, OMP_NUM_THREADS=1). "
             "FLOP ratio: the matmul FLOPs of forward+backward over forward's (the floor of the time "
-            "ratio, about 3).", "",
+            "ratio, about 3). The manual step is the app's step that logs nothing: with plain SGD each "
+            "weight's update is fused into its gradient's matrix product (`MLP.sgd_step`); unfused: "
+            "backward forms every gradient and the update follows (the step of every other optimiser, "
+            "and of `engine=both`).", "",
             "| depth/width/batch | dtype | threads | manual step ms | autograd step ms | manual/autograd | "
-            "range over rounds | (fwd+bwd)/fwd time | FLOP ratio (fwd+bwd)/fwd | manual GFLOP/s | "
-            "matmul GFLOP/s | numpy manual step ms | numpy/torch-manual |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "range over rounds | unfused/autograd | (fwd+bwd)/fwd time | FLOP ratio (fwd+bwd)/fwd | "
+            "manual GFLOP/s | matmul GFLOP/s | numpy manual step ms | numpy/torch-manual |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios: list[tuple[Shape, str, str, float]] = []
     for shape in s.shapes:
         depth, width, batch = shape
@@ -318,10 +326,12 @@ def step_table(out: list[str], s: Settings) -> None:
                 allow = {"float32-tf32-on": True, "float32-tf32-off": False}.get(label)
                 with cpu_threads(threads) if s.device == "cpu" else nullcontext(), tf32(allow):
                     b = build(depth, width, batch, dtype, s.device)
-                    fns = {"manual": b.manual_step, "autograd": b.autograd_step, "forward": b.manual_forward}
+                    fns = {"manual": b.manual_step, "autograd": b.autograd_step,
+                           "unfused": b.manual_unfused_step, "forward": b.manual_forward}
                     rounds: dict[str, list[float]] = {}
                     t, _ = interleaved(fns, s.device, s.repeats, s.budget_s, samples=rounds)
                     ratio, lowest, highest = paired_ratio(rounds, "manual", "autograd")
+                    unfused = paired_ratio(rounds, "unfused", "autograd")[0]
                     numpy_ms = ratio_np = ""
                     if s.device == "cpu":
                         # timed on its own: numpy's BLAS threads, still spinning after a numpy call,
@@ -339,7 +349,7 @@ def step_table(out: list[str], s: Settings) -> None:
                 out.append(
                     f"| {shape_str(shape)} | {label} | {thread_label} | {t['manual'] * 1e3:.3f} | "
                     f"{t['autograd'] * 1e3:.3f} | **{ratio:.2f}** | {lowest:.2f}-{highest:.2f} | "
-                    f"{t['manual'] / t['forward']:.2f} | "
+                    f"{unfused:.2f} | {t['manual'] / t['forward']:.2f} | "
                     f"{(flops.forward + flops.backward) / flops.forward:.2f} | {achieved / 1e9:.1f} | "
                     f"{mm / 1e9:.1f} | {numpy_ms} | {ratio_np} |")
                 print(out[-1], flush=True)
@@ -428,7 +438,8 @@ def graph_table(out: list[str], s: Settings) -> None:
                 "eagerly; no graph is captured, the speed-ups mean nothing.", ""]
     out += [f"float32{', TF32 off' if s.device == 'cuda' else ''}, SGD, medians of up to {s.repeats} "
             "interleaved repeats. `GraphedStep` (`engine.cuda_graph=true`) captures forward, backward "
-            "and update once and replays the graph each step. Difference: from the same initial "
+            "and update once and replays the graph each step; eager: the same step not captured "
+            "(gradients, then the update, unfused). Difference: from the same initial "
             "parameters, 20 steps eager vs 20 graphed, max |graphed - eager| / max |eager| over the "
             "parameter tensors.", "",
             "| depth/width/batch | K | eager manual step ms | graphed step ms | graphed speed-up | "
@@ -461,15 +472,15 @@ def graph_row(GraphedStep, capture, shape: Shape, k: int, s: Settings) -> str:
     eager, graphed = make(), make()
     initial = {key: value.clone() for key, value in eager.net.params.items()}
     step = GraphedStep(graphed.net, graphed.opt, capture=capture)
-    for _ in range(20):
-        eager.manual_step()
+    for _ in range(20):  # the eager step the graph captures: gradients, then the update
+        eager.manual_unfused_step()
         step(graphed.x, graphed.y)
     sync(s.device)
     difference = max_relative_difference(graphed.net.params, eager.net.params)
     weights = {key: value for key, value in eager.net.params.items() if key.startswith("W")}
     moved = max_relative_difference(initial, weights)  # what a missed update would show
     # timing (the parameters keep training; the speed does not depend on their values)
-    fns = {"eager": eager.manual_step, "graphed": lambda: step(graphed.x, graphed.y)}
+    fns = {"eager": eager.manual_unfused_step, "graphed": lambda: step(graphed.x, graphed.y)}
     if k == 1:
         fns["autograd"] = eager.autograd_step
     t, _ = interleaved(fns, s.device, s.repeats, s.budget_s)

@@ -591,9 +591,10 @@ def trajectory_spec(case: TrajectoryCase, outputs: int = 3, features: int = 10) 
 
 
 def run_trajectory(case: TrajectoryCase, backend: Backend, steps: int = 100, batch: int = 16,
-                   seed: int = 0) -> TrajectoryResult:
+                   seed: int = 0, fused: bool = False) -> TrajectoryResult:
     """``steps`` optimiser steps of the engine and torch in lockstep from identical weights on
-    identical minibatches (drawn without replacement within a step) of ``synthetic_dataset``."""
+    identical minibatches (drawn without replacement within a step) of ``synthetic_dataset``;
+    ``fused``: the engine's steps are ``MLP.sgd_step`` (``Lockstep.step``)."""
     x, y = synthetic_dataset(case.loss, seed)
     spec = trajectory_spec(case, outputs=3, features=x.shape[1])
     lockstep = Lockstep(spec, seed, backend, case.optimizer, clip_norm=case.clip_norm, **case.hyper)
@@ -605,9 +606,9 @@ def run_trajectory(case: TrajectoryCase, backend: Backend, steps: int = 100, bat
     losses, clipped = [], 0
     for _ in range(steps):
         index = rng.choice(len(x), size=batch, replace=False)
-        comparison = lockstep.step(x[index], y[index])
+        comparison = lockstep.step(x[index], y[index], fused)
         param_err = max(param_err, comparison.param_max_rel_err)
-        grad_err = max(grad_err, comparison.grad_max_rel_err)
+        grad_err = grad_err if fused else max(grad_err, comparison.grad_max_rel_err)
         losses.append(comparison.loss_manual)
         if case.clip_norm is not None:
             norm = math.sqrt(sum(float(p.grad.double().square().sum())

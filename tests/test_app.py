@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers import compose_config
 
 from testbed.app.preflight import preflight
+from testbed.app.run import build_trainers
 from testbed.app.schema import ConfigError
+from testbed.engine import MLPSpec
 from testbed.tracking.files import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +158,42 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     summaries = sorted(sweep_dir.glob("*/summary.json"))
     assert len(summaries) == 2
     assert all(json.loads(p.read_text())["status"] == "completed" for p in summaries)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_the_trainer_fuses_plain_sgd_only_where_no_one_reads_the_gradients(backend):
+    """engine=manual, plain SGD: a step that neither records nor clips runs ``MLP.sgd_step`` (no
+    gradients kept) and matches the unfused trainer to rounding over 30 steps; a recorded step keeps
+    its gradients. Momentum, clipping and engine=both (which compares every step's gradients with
+    torch's) never fuse."""
+    spec = MLPSpec(in_features=6, out_features=3, depth=2, width=9, activation="tanh")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)), rng.integers(0, 3, 64)
+
+    def trainers(*overrides):
+        cfg = compose_config("logger=none", f"engine.backend={backend}", "optim.lr=0.2", *overrides)
+        made = build_trainers(cfg, spec, "cpu")
+        for t in made:
+            t.load_data(x, y, x, y)
+        return made
+
+    def fused_steps(trainer, steps=6):
+        fused = []
+        for step in range(steps):
+            trainer.step(rng.integers(0, 64, 16), record=step % 3 == 0)
+            fused.append(not trainer.grads)
+        return fused
+
+    assert fused_steps(trainers("engine=manual")[0]) == [False, True, True] * 2
+    for overrides in (["engine=manual", "optim=momentum"], ["engine=manual", "optim.clip_norm=1.0"],
+                      ["engine=both"]):
+        assert not any(fused_steps(trainers(*overrides)[0])), overrides
+
+    (fused,), (plain, _) = trainers("engine=manual"), trainers("engine=both")
+    for _ in range(30):
+        idx = rng.integers(0, 64, 16)
+        assert abs(fused.step(idx) - plain.step(idx)) <= 1e-12
+    for key, value in plain.params_numpy().items():
+        ours = fused.params_numpy()[key]
+        assert np.linalg.norm(ours - value) <= 1e-12 * np.linalg.norm(value), key
+        assert backend == "torch" or np.array_equal(ours, value), key  # numpy forms the product either way

@@ -59,6 +59,7 @@ def test_quick_bench_writes_every_section_with_positive_ratios(tmp_path: Path) -
     assert {r[head.index("threads")] for r in rows} >= {"1"}  # the one-thread rows on CPU
     assert {r[head.index("dtype")] for r in rows} == {"float32", "float64"}
     assert all(number(r[ratio]) > 0 for r in rows) and len(rows) >= 4
+    assert all(number(r[head.index("unfused/autograd")]) > 0 for r in rows)
     assert "Target manual/autograd <= 1.0 at every row: " in text
     rows = table(text, bench.SECTIONS["replicas"])
     data = [r for r in rows if r[0].isdigit()]

@@ -93,3 +93,52 @@ def test_a_pass_without_record_gives_the_same_gradients_and_keeps_nothing_else(b
     lean.loss_and_grads(x, y)
     for mine, theirs in zip(lean.pre_activation_grads, kept.pre_activation_grads, strict=True):
         assert np.array_equal(to_numpy(mine), to_numpy(theirs))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("replicas", [None, 3])
+def test_sgd_step_equals_backward_then_the_sgd_update(backend, replicas):
+    """``MLP.sgd_step`` (each weight's update fused into its gradient's matrix product) against
+    ``loss_and_grads`` then ``SGD.step``, one model and a stack of 3, three steps. On numpy, where
+    the product is formed either way, everything bitwise. On torch the first step's loss and biases
+    bitwise and its weights to rounding; later steps start from weights that differ by that
+    rounding, so all to rounding. The net keeps no gradients, caches or activations afterwards."""
+    from testbed.engine import get_optimizer, init_params, init_replica_params
+
+    spec = MLPSpec(in_features=4, out_features=3, depth=3, width=7, activation="tanh",
+                   bias_init="normal", bias_std=0.3)
+    be = Backend(backend, "float64")
+    rng = np.random.default_rng(0)
+    lead = () if replicas is None else (replicas,)
+    x, y = be.asarray(rng.normal(size=(*lead, 5, 4))), be.labels(rng.integers(0, 3, (*lead, 5)))
+    initial = init_params(spec, 1) if replicas is None else init_replica_params(spec, [1, 2, 3])
+    fused, plain = (MLP(spec, {k: be.asarray(v) for k, v in initial.items()}) for _ in range(2))
+    optimizer = get_optimizer("sgd", lr=0.3)
+    for step in range(3):  # the later steps start from weights that differ by rounding (torch)
+        loss_fused = fused.sgd_step(x, y, 0.3)
+        loss_plain, grads = plain.loss_and_grads(x, y, record=False)
+        optimizer.step(plain.params, grads)
+        same_start = backend == "numpy" or step == 0
+        assert _same(loss_fused, loss_plain, exact=same_start)
+        for key, value in plain.params.items():
+            exact = backend == "numpy" or (same_start and key.startswith("b"))
+            assert _same(fused.params[key], value, exact), (step, key)
+            assert not np.array_equal(to_numpy(value), initial[key]), key  # every parameter moved
+    assert not (fused.grads or fused._caches or fused.activations or fused.pre_activation_grads)
+
+
+def _same(a, b, exact: bool) -> bool:
+    a, b = to_numpy(a), to_numpy(b)
+    return bool(np.array_equal(a, b) if exact else np.linalg.norm(a - b) <= 1e-14 * np.linalg.norm(b))
+
+
+def test_the_readme_engine_example_runs():
+    """The README's engine example, as written there: it trains (the loss goes down)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## The engine", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code, scope)
+    net, x, y, loss = scope["net"], scope["x"], scope["y"], scope["loss"]
+    assert float(net.loss(x, y)) < float(loss)

@@ -40,7 +40,7 @@ from helpers import (
     run_trajectory,
 )
 
-from testbed.engine import OPTIMIZERS
+from testbed.engine import OPTIMIZERS, get_optimizer
 
 STEPS = 100
 TRAJECTORY_BACKENDS = (backend_params(dtypes=("float64",))
@@ -60,6 +60,22 @@ def test_trajectory_matches_torch_optim(case, backend: Backend):
         assert result.clipped_steps > STEPS // 2, f"clipping active in {result.clipped_steps} steps only"
 
 
+PLAIN_SGD = [case for case in TRAJECTORIES
+             if get_optimizer(case.optimizer, **case.hyper).fused_lr() is not None and case.clip_norm is None]
+
+
+@pytest.mark.parametrize("backend", TRAJECTORY_BACKENDS)
+@pytest.mark.parametrize("case", PLAIN_SGD, ids=[case.name for case in PLAIN_SGD])
+def test_fused_sgd_step_matches_torch_optim(case, backend: Backend):
+    """``MLP.sgd_step`` (plain SGD's update fused into backward: the app's steps that log nothing)
+    against torch.optim.SGD's separate backward and update, over the same steps, to the same
+    tolerance."""
+    result = run_trajectory(case, backend, steps=STEPS, fused=True)
+    tol = TRAJECTORY_TOL[backend.dtype]
+    assert result.param_rel_err <= tol, f"parameters drift apart: {result.param_rel_err:.3g} > {tol:g}"
+    assert result.final_loss < result.initial_loss
+
+
 def test_every_optimizer_and_variant_is_covered():
     cases = {case.name: case for case in TRAJECTORIES}
     assert {case.optimizer for case in TRAJECTORIES} == set(OPTIMIZERS)
@@ -70,3 +86,4 @@ def test_every_optimizer_and_variant_is_covered():
     assert any(case.clip_norm is not None for case in TRAJECTORIES)
     assert {"sgd_high_lr", "adam_high_lr"} <= set(cases)
     assert {f"{name}_defaults" for name in OPTIMIZERS} <= set(cases)
+    assert {"sgd", "sgd_defaults", "sgd_high_lr"} <= {case.name for case in PLAIN_SGD}

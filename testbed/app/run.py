@@ -96,7 +96,7 @@ def build_trainers(cfg: DictConfig, spec: MLPSpec, device: str) -> list:
         backend_name = str(cfg.engine.backend)
         backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
         trainers.append(ManualTrainer(spec, initial, backend, name, hyper, cfg.optim.clip_norm,
-                                      cuda_graph=cfg.engine.cuda_graph))
+                                      cuda_graph=cfg.engine.cuda_graph, fuse_sgd=engine == "manual"))
     if engine in ("torch", "both"):
         trainers.append(TorchTrainer(spec, initial, device, dtype, name, hyper, cfg.optim.clip_norm))
     return trainers

@@ -62,14 +62,17 @@ class ManualTrainer(Trainer):
     """The hand-written engine on ``backend`` (numpy or torch arrays, autograd off).
 
     ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``); the
-    step that only records (``update=False``) runs eagerly.
+    step that only records (``update=False``) runs eagerly. ``fuse_sgd``: a step that neither
+    records nor clips, with plain SGD at one learning rate, fuses the update into backward
+    (``MLP.sgd_step``) and keeps no gradients; off where each step's gradients are read
+    (``engine=both`` compares them with torch's).
     """
 
     replica_ndim = 0  # leading replica axes of the parameters (testbed.app.replicas.StackedTrainer: 1)
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 clip_norm: float | None = None, cuda_graph: bool = False):
-        self.spec, self.backend, self.clip_norm = spec, backend, clip_norm
+                 clip_norm: float | None = None, cuda_graph: bool = False, fuse_sgd: bool = True):
+        self.spec, self.backend, self.clip_norm, self.fuse_sgd = spec, backend, clip_norm, fuse_sgd
         self.net = MLP(spec, {k: backend.asarray(v) for k, v in initial.items()})
         self.optimizer = get_optimizer(optimizer, **hyper)
         self.record: dict = {}
@@ -128,9 +131,14 @@ class ManualTrainer(Trainer):
         self.grads = {}  # the last step's: freed before this step's exist
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
+        fused_lr = (self.optimizer.fused_lr() if self.fuse_sgd and update and not record
+                    and self.clip_norm is None else None)
         if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
             loss = self.graphed(x[i], y[i])
             grads = self.net.grads
+        elif fused_lr is not None:  # forward, and backward with the update fused in: no grads
+            loss, grads = self.net.sgd_step(x[i], y[i], fused_lr), {}
+            self.optimizer.count_step()
         else:
             loss, grads = self.net.loss_and_grads(x[i], y[i], record=record)
             if self.clip_norm is not None:

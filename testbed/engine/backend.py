@@ -10,11 +10,13 @@ as autograd's ``F.linear`` does) with no wrapper in the hot path; and the
 whole surface the engine touches is listed here, in one screen, for a reader
 to check.
 
-Three in-place helpers exist for speed on torch, where every op costs a few
+Four in-place helpers exist for speed on torch, where every op costs a few
 microseconds of dispatch whatever its size: ``sub_scaled_(p, lr, x)`` is
 ``p -= lr * x`` in one fused kernel (as torch.optim.SGD), ``sub_scaled_all_``
-the same over lists in one multi-tensor launch (torch.optim's foreach), and
-``add_at_label_(x, labels, v)`` adds v at each row's label (cross-entropy's
+the same over lists in one multi-tensor launch (torch.optim's foreach),
+``sub_matmul_(c, lr, a, b)`` is ``c -= lr * (a @ b)`` as one matrix product
+accumulated into c (SGD's weight update fused into its gradient's product),
+and ``add_at_label_(x, labels, v)`` adds v at each row's label (cross-entropy's
 ``- onehot(y)`` without building the one-hot matrix).
 
 Torch tensors are used with autograd off: nothing the engine computes
@@ -77,6 +79,18 @@ def _torch_sub_scaled_all_(params, lr, xs):
         torch._foreach_add_(params, xs, alpha=-lr)
 
 
+def _np_sub_matmul_(c, lr, a, b):
+    c -= lr * (a @ b)
+
+
+def _torch_sub_matmul_(c, lr, a, b):
+    """c -= lr (a @ b) as one GEMM accumulating into c (beta = 1, alpha = -lr): no product tensor."""
+    if c.dim() == 2:
+        c.addmm_(a, b, alpha=-lr)
+    else:
+        c.baddbmm_(a, b, alpha=-lr)
+
+
 def _np_add_at_label_(x, labels, value):
     index = labels[..., None]
     np.put_along_axis(x, index, np.take_along_axis(x, index, axis=-1) + value, axis=-1)
@@ -97,7 +111,7 @@ NUMPY = SimpleNamespace(
     mean=lambda x, axis=None, keepdims=False: np.mean(x, axis=axis, keepdims=keepdims),
     zeros_like=np.zeros_like, ones_like=np.ones_like, full_like=np.full_like,
     linear=_np_linear, add_at_label_=_np_add_at_label_, sub_scaled_=_np_sub_scaled_,
-    sub_scaled_all_=_np_sub_scaled_all_,
+    sub_scaled_all_=_np_sub_scaled_all_, sub_matmul_=_np_sub_matmul_,
     take_label=lambda x, labels: np.take_along_axis(x, labels[..., None], axis=-1)[..., 0],
     isfinite=lambda x: bool(np.all(np.isfinite(x))),
     item=float,
@@ -123,7 +137,7 @@ TORCH = SimpleNamespace(
     ),
     zeros_like=torch.zeros_like, ones_like=torch.ones_like, full_like=torch.full_like,
     linear=_torch_linear, add_at_label_=_torch_add_at_label_, sub_scaled_=_torch_sub_scaled_,
-    sub_scaled_all_=_torch_sub_scaled_all_,
+    sub_scaled_all_=_torch_sub_scaled_all_, sub_matmul_=_torch_sub_matmul_,
     take_label=lambda x, labels: x.gather(-1, labels.unsqueeze(-1)).squeeze(-1),
     isfinite=lambda x: bool(torch.isfinite(x).all()),
     item=lambda x: float(x),

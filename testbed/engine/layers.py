@@ -26,3 +26,14 @@ def linear_backward(ds, cache, need_input_grad: bool = True):
     grad_weight = ds.mT @ x
     grad_bias = namespace(ds).sum(ds, axis=-2)
     return grad_input, grad_weight, grad_bias
+
+
+def linear_backward_sgd(ds, cache, lr: float, need_input_grad: bool = True):
+    """``linear_backward`` with plain SGD's weight update fused in: W <- W - lr ds^T x as one matrix
+    product accumulated into W (a GEMM with beta = 1), so dL/dW is never formed. dL/dx is taken
+    before W changes. Returns (dL/dx, dL/db); the caller updates b."""
+    x, weight = cache
+    grad_input = ds @ weight if need_input_grad else None
+    xp = namespace(ds)
+    xp.sub_matmul_(weight, lr, ds.mT, x)
+    return grad_input, xp.sum(ds, axis=-2)

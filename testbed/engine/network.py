@@ -7,7 +7,8 @@ Layers are numbered l = 1..L, L = depth + 1, layer 1 next to the input:
 with a^0 = x. Backward runs the chain rule from dL/ds^L down to dL/dx and
 keeps every dL/ds^l (the quantity whose growth or decay *is* the vanishing
 or exploding gradient; Glorot & Bengio 2010, eq. 14) and dL/dx; a pass with
-``record=False`` (a training step that logs nothing) keeps only the gradients.
+``record=False`` (a training step that logs nothing) keeps only the gradients,
+and ``sgd_step`` not even those: plain SGD's update is fused into backward.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from testbed.engine.activations import get_activation
-from testbed.engine.backend import Backend
+from testbed.engine.backend import Backend, namespace
 from testbed.engine.init import init_bias, init_weight
-from testbed.engine.layers import linear_backward, linear_forward
+from testbed.engine.layers import linear_backward, linear_backward_sgd, linear_forward
 from testbed.engine.losses import get_loss
 
 
@@ -133,9 +134,14 @@ class MLP:
         self._caches.append((linear_cache, None))
         return output
 
-    def backward(self, grad_output, input_grad: bool = False, record: bool = True):
+    def backward(self, grad_output, input_grad: bool = False, record: bool = True,
+                 sgd_lr: float | None = None):
         """From dL/d(output), fill ``grads`` and, with ``record``, ``pre_activation_grads``; return
-        dL/dx if asked. Without ``record`` the net keeps nothing of the pass but ``grads``."""
+        dL/dx if asked. Without ``record`` the net keeps nothing of the pass but ``grads``.
+
+        ``sgd_lr``: apply plain SGD's update, w <- w - sgd_lr dL/dw, during the pass instead, each
+        weight's fused into its gradient's matrix product (``linear_backward_sgd``); ``grads`` stays
+        empty (``sgd_step``)."""
         self.grads, self.pre_activation_grads = {}, []  # the last pass's: freed before this one's exist
         grads, pre_activation_grads = {}, []
         da = None  # dL/da^l, the gradient arriving at layer l's output
@@ -150,10 +156,17 @@ class MLP:
                 pre_activation_grads.append(ds)
             weight_key, bias_key = self._layer_keys[layer - 1]
             need_input_grad = layer > 1 or input_grad  # dL/dx only when asked for
-            da, grads[weight_key], grads[bias_key] = linear_backward(ds, linear_cache, need_input_grad)
+            if sgd_lr is None:
+                da, grads[weight_key], grads[bias_key] = linear_backward(ds, linear_cache, need_input_grad)
+            else:  # W^l already updated; its bias's after the loop, all in one call
+                da, grads[bias_key] = linear_backward_sgd(ds, linear_cache, sgd_lr, need_input_grad)
         self.pre_activation_grads = pre_activation_grads[::-1]
-        self.grads = {key: grads[key] for keys in self._layer_keys for key in keys}
         self.input_grad = da
+        if sgd_lr is None:
+            self.grads = {key: grads[key] for keys in self._layer_keys for key in keys}
+        else:
+            biases = [self.params[bias_key] for _, bias_key in self._layer_keys]
+            namespace(biases[0]).sub_scaled_all_(biases, sgd_lr, [grads[b] for _, b in self._layer_keys])
         if not record:
             self._caches, self.activations = [], []
         return da
@@ -171,6 +184,19 @@ class MLP:
         loss, loss_cache = self.loss_fn.forward(output, target)
         self.backward(self.loss_fn.backward(loss_cache), input_grad=input_grad, record=record)
         return loss, self.grads
+
+    def sgd_step(self, x, target, lr: float):
+        """One step of plain SGD, w <- w - lr dL/dw, with each weight's update fused into the
+        matrix product of its gradient: W^l -= lr dL/ds^l^T a^{l-1} is one GEMM accumulating into
+        W^l, so no dL/dW is formed (which saves its allocation and a pass over every weight; no
+        autograd step can do this, as its optimiser reads the finished .grad). Keeps nothing of the
+        pass (``record=False``); returns the loss. The weights equal ``loss_and_grads`` then
+        ``SGD.step`` to rounding (on torch the GEMM adds lr x product in its own order), exactly on
+        numpy; the biases exactly."""
+        output = self.forward(x, record=False)
+        loss, loss_cache = self.loss_fn.forward(output, target)
+        self.backward(self.loss_fn.backward(loss_cache), record=False, sgd_lr=lr)
+        return loss
 
     def loss(self, x, target):
         """The loss alone (no backward)."""

@@ -54,6 +54,15 @@ class Optimizer:
     def update(self, param, grad, state: dict, lr, scalars: dict) -> None:
         raise NotImplementedError
 
+    def fused_lr(self) -> float | None:
+        """The learning rate when this update can be fused into backward (``MLP.sgd_step``, then
+        ``count_step``): plain SGD with one learning rate. None for every other update."""
+        return None
+
+    def count_step(self) -> None:
+        """Count an update applied by ``MLP.sgd_step`` (``step`` counts its own)."""
+        self.steps += 1
+
 
 class SGD(Optimizer):
     """v <- mu v + (1 - dampening) g;  w <- w - lr (g + mu v if nesterov else v).
@@ -79,6 +88,10 @@ class SGD(Optimizer):
         params_list = list(params.values())
         lr = self.lr if isinstance(self.lr, int | float) else [self.lr_for(p) for p in params_list]
         namespace(params_list[0]).sub_scaled_all_(params_list, lr, [grads[k] for k in params])
+
+    def fused_lr(self) -> float | None:
+        plain = not (self.momentum or self.weight_decay) and isinstance(self.lr, int | float)
+        return float(self.lr) if plain else None
 
     def update(self, param, grad, state, lr, scalars):
         if self.weight_decay:

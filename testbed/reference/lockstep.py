@@ -7,6 +7,7 @@ gradient error and relative parameter drift per parameter.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class StepComparison:
 
     @property
     def grad_max_rel_err(self) -> float:
-        return max(self.grad_rel_err.values())
+        return max(self.grad_rel_err.values(), default=math.nan)  # nan: a fused step, no gradients
 
     @property
     def param_max_rel_err(self) -> float:
@@ -75,11 +76,22 @@ class Lockstep:
         y = torch.as_tensor(to_numpy(y)).to(self.device)
         return x, (y.long() if self.spec.loss == "cross_entropy" else y.to(dtype))
 
-    def step(self, x: np.ndarray, y: np.ndarray) -> StepComparison:
-        """One optimiser step of both on the minibatch (x, y); returns the discrepancy."""
+    def step(self, x: np.ndarray, y: np.ndarray, fused: bool = False) -> StepComparison:
+        """One optimiser step of both on the minibatch (x, y); returns the discrepancy.
+
+        ``fused``: the engine steps with ``MLP.sgd_step`` (plain SGD's update fused into backward,
+        as the app's steps that log nothing), which forms no gradients: only the loss and the
+        parameters are compared (``grad_rel_err`` is empty)."""
         xm = self.backend.asarray(x)
         ym = self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
-        loss_manual, grads = self.manual.loss_and_grads(xm, ym)
+        if fused:
+            lr = self.manual_optimizer.fused_lr()
+            if lr is None or self.clip_norm is not None:
+                raise ValueError("a fused step needs plain SGD (no momentum or weight decay), no clipping")
+            loss_manual, grads = self.manual.sgd_step(xm, ym, lr), None
+            self.manual_optimizer.count_step()
+        else:
+            loss_manual, grads = self.manual.loss_and_grads(xm, ym)
         if self.clip_norm is not None:
             clip_grad_norm(grads, self.clip_norm)
 
@@ -89,9 +101,11 @@ class Lockstep:
         loss_torch.backward()
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.torch_model.parameters(), self.clip_norm)
-        grad_err = {k: relative_error(grads[k], p.grad) for k, p in self.torch_params.items()}
+        grad_err = {} if fused else {k: relative_error(grads[k], p.grad)
+                                     for k, p in self.torch_params.items()}
 
-        self.manual_optimizer.step(self.manual.params, grads)
+        if not fused:
+            self.manual_optimizer.step(self.manual.params, grads)
         self.torch_optimizer.step()
         param_err = {k: relative_error(self.manual.params[k], p) for k, p in self.torch_params.items()}
         return StepComparison(float(loss_manual), loss_torch.item(), grad_err, param_err)
