@@ -96,13 +96,16 @@ def test_a_pass_without_record_gives_the_same_gradients_and_keeps_nothing_else(b
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("replicas", [None, 3])
-def test_sgd_step_equals_backward_then_the_sgd_update(backend, replicas):
+@pytest.mark.parametrize("replicas, lrs", [(None, None), (3, None), (3, [0.3, 0.05, 1.0])],
+                         ids=["one", "stack", "stack-own-lrs"])
+def test_sgd_step_equals_backward_then_the_sgd_update(backend, replicas, lrs):
     """``MLP.sgd_step`` (each weight's update fused into its gradient's matrix product) against
-    ``loss_and_grads`` then ``SGD.step``, one model and a stack of 3, three steps. On numpy, where
-    the product is formed either way, everything bitwise. On torch the first step's loss and biases
-    bitwise and its weights to rounding; later steps start from weights that differ by that
-    rounding, so all to rounding. The net keeps no gradients, caches or activations afterwards."""
+    ``loss_and_grads`` then ``SGD.step``, three steps: one model, a stack of 3 at one learning rate,
+    and a stack with its own rate per replica. At one rate on numpy, where the product is formed
+    either way, everything bitwise; on torch the first step's loss and biases bitwise and its
+    weights to rounding. Per-replica rates scale dL/d(output) instead: to rounding from the first
+    step. Later steps start from weights that differ by that rounding: to rounding. The net keeps
+    no gradients, caches or activations afterwards."""
     from testbed.engine import get_optimizer, init_params, init_replica_params
 
     spec = MLPSpec(in_features=4, out_features=3, depth=3, width=7, activation="tanh",
@@ -113,15 +116,15 @@ def test_sgd_step_equals_backward_then_the_sgd_update(backend, replicas):
     x, y = be.asarray(rng.normal(size=(*lead, 5, 4))), be.labels(rng.integers(0, 3, (*lead, 5)))
     initial = init_params(spec, 1) if replicas is None else init_replica_params(spec, [1, 2, 3])
     fused, plain = (MLP(spec, {k: be.asarray(v) for k, v in initial.items()}) for _ in range(2))
-    optimizer = get_optimizer("sgd", lr=0.3)
+    optimizer = get_optimizer("sgd", lr=0.3 if lrs is None else be.asarray(lrs))
     for step in range(3):  # the later steps start from weights that differ by rounding (torch)
-        loss_fused = fused.sgd_step(x, y, 0.3)
+        loss_fused = fused.sgd_step(x, y, optimizer.fused_lr(fused.params["W1"]))
         loss_plain, grads = plain.loss_and_grads(x, y, record=False)
         optimizer.step(plain.params, grads)
-        same_start = backend == "numpy" or step == 0
+        same_start = step == 0 or (backend == "numpy" and lrs is None)  # the same weights going in
         assert _same(loss_fused, loss_plain, exact=same_start)
         for key, value in plain.params.items():
-            exact = backend == "numpy" or (same_start and key.startswith("b"))
+            exact = lrs is None and (backend == "numpy" or (same_start and key.startswith("b")))
             assert _same(fused.params[key], value, exact), (step, key)
             assert not np.array_equal(to_numpy(value), initial[key]), key  # every parameter moved
     assert not (fused.grads or fused._caches or fused.activations or fused.pre_activation_grads)

@@ -206,10 +206,12 @@ class StackedTrainer(ManualTrainer):
     replica_ndim = 1  # each replica clipped by its own norm
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False):
+                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False,
+                 fuse_sgd: bool = True):
         # float64 numpy or a tensor of the params' dtype: as a python float lr meets the params alone
         lr = backend.asarray(np.asarray(lrs, dtype=np.float64))
-        super().__init__(spec, initial, backend, optimizer, {**hyper, "lr": lr}, clip_norm, cuda_graph)
+        super().__init__(spec, initial, backend, optimizer, {**hyper, "lr": lr}, clip_norm, cuda_graph,
+                         fuse_sgd)
 
     @property
     def count(self) -> int:
@@ -337,7 +339,7 @@ class ReplicaTrainer:
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
                  lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False,
-                 block: int = sys.maxsize):
+                 block: int = sys.maxsize, fuse_sgd: bool = True):
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
         self.spec = spec
@@ -346,7 +348,7 @@ class ReplicaTrainer:
             rows = slice(first, first + block)
             params = {key: value[rows] for key, value in initial.items()}
             self.blocks.append(StackedTrainer(spec, params, backend, optimizer, hyper, lrs[rows], clip_norm,
-                                              cuda_graph))
+                                              cuda_graph, fuse_sgd))
 
     @property
     def count(self) -> int:
@@ -559,7 +561,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
     backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
     block = replica_block(spec, cfg.data.batch_size, backend, cfg.train.get("replica_block"))
     trainer = ReplicaTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm,
-                             cuda_graph=cfg.engine.cuda_graph, block=block)
+                             cuda_graph=cfg.engine.cuda_graph, block=block, fuse_sgd=engine == "manual")
     if len(trainer.blocks) > 1:
         log.info("%d replicas in %d blocks of at most %d (train.replica_block=%s)", len(points),
                  len(trainer.blocks), block, cfg.train.get("replica_block") or "null: automatic")

@@ -63,7 +63,7 @@ class ManualTrainer(Trainer):
 
     ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``); the
     step that only records (``update=False``) runs eagerly. ``fuse_sgd``: a step that neither
-    records nor clips, with plain SGD at one learning rate, fuses the update into backward
+    records nor clips, with plain SGD, fuses the update into backward
     (``MLP.sgd_step``) and keeps no gradients; off where each step's gradients are read
     (``engine=both`` compares them with torch's).
     """
@@ -131,8 +131,8 @@ class ManualTrainer(Trainer):
         self.grads = {}  # the last step's: freed before this step's exist
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        fused_lr = (self.optimizer.fused_lr() if self.fuse_sgd and update and not record
-                    and self.clip_norm is None else None)
+        fused_lr = (self.optimizer.fused_lr(self.net.params["W1"]) if self.fuse_sgd and update
+                    and not record and self.clip_norm is None else None)
         if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
             loss = self.graphed(x[i], y[i])
             grads = self.net.grads
@@ -156,7 +156,7 @@ class ManualTrainer(Trainer):
         return loss
 
     def _forward_loss(self, x, y):
-        output = self.net.forward(x)
+        output = self.net.forward(x, record=False)  # no s^l kept: the diagnostics read a step's, not this
         return output, float(self.net.loss_fn.forward(output, y)[0])
 
 

@@ -185,17 +185,25 @@ class MLP:
         self.backward(self.loss_fn.backward(loss_cache), input_grad=input_grad, record=record)
         return loss, self.grads
 
-    def sgd_step(self, x, target, lr: float):
+    def sgd_step(self, x, target, lr):
         """One step of plain SGD, w <- w - lr dL/dw, with each weight's update fused into the
         matrix product of its gradient: W^l -= lr dL/ds^l^T a^{l-1} is one GEMM accumulating into
         W^l, so no dL/dW is formed (which saves its allocation and a pass over every weight; no
         autograd step can do this, as its optimiser reads the finished .grad). Keeps nothing of the
-        pass (``record=False``); returns the loss. The weights equal ``loss_and_grads`` then
-        ``SGD.step`` to rounding (on torch the GEMM adds lr x product in its own order), exactly on
-        numpy; the biases exactly."""
+        pass (``record=False``); returns the loss.
+
+        ``lr``: a number, or per-replica learning rates shaped to broadcast against a stacked
+        output (K, 1, 1). Those scale dL/d(output) once: backward is linear in it, so every dL/ds^l
+        below carries its replica's lr and the GEMMs need no other factor. With a number the weights
+        equal ``loss_and_grads`` then ``SGD.step`` to rounding on torch (the GEMM adds lr x product
+        in its own order), exactly on numpy, and the biases exactly; per-replica rates, to rounding."""
         output = self.forward(x, record=False)
         loss, loss_cache = self.loss_fn.forward(output, target)
-        self.backward(self.loss_fn.backward(loss_cache), record=False, sgd_lr=lr)
+        grad_output = self.loss_fn.backward(loss_cache)
+        if not isinstance(lr, int | float):  # in place: the loss's gradient is fresh, and keeps its dtype
+            grad_output *= lr
+            lr = 1.0
+        self.backward(grad_output, record=False, sgd_lr=lr)
         return loss
 
     def loss(self, x, target):

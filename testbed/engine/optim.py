@@ -54,9 +54,9 @@ class Optimizer:
     def update(self, param, grad, state: dict, lr, scalars: dict) -> None:
         raise NotImplementedError
 
-    def fused_lr(self) -> float | None:
-        """The learning rate when this update can be fused into backward (``MLP.sgd_step``, then
-        ``count_step``): plain SGD with one learning rate. None for every other update."""
+    def fused_lr(self, param):
+        """The learning rate shaped for ``param`` (``lr_for``) when this update can be fused into
+        backward (``MLP.sgd_step``, then ``count_step``): plain SGD. None for every other update."""
         return None
 
     def count_step(self) -> None:
@@ -89,9 +89,8 @@ class SGD(Optimizer):
         lr = self.lr if isinstance(self.lr, int | float) else [self.lr_for(p) for p in params_list]
         namespace(params_list[0]).sub_scaled_all_(params_list, lr, [grads[k] for k in params])
 
-    def fused_lr(self) -> float | None:
-        plain = not (self.momentum or self.weight_decay) and isinstance(self.lr, int | float)
-        return float(self.lr) if plain else None
+    def fused_lr(self, param):
+        return None if (self.momentum or self.weight_decay) else self.lr_for(param)
 
     def update(self, param, grad, state, lr, scalars):
         if self.weight_decay:
