@@ -52,6 +52,7 @@ Shape = tuple[int, int, int]  # depth, width, batch
 SHAPES: list[Shape] = [(4, 64, 32), (8, 512, 256), (20, 1024, 512), (50, 256, 128)]
 CUDA_SHAPES: list[Shape] = SHAPES + [(8, 4096, 4096)]
 ONE_THREAD_SHAPES: list[Shape] = [(4, 64, 32)]  # CPU rows also measured at one thread
+STEP_ROUNDS_PER_REPEAT = 3  # step table (the targets): 3x the rounds of --repeats, each half as long
 CPU_REPLICA_SHAPES: list[Shape] = [(4, 64, 32), (20, 256, 128)]
 CUDA_REPLICA_SHAPES: list[Shape] = [(20, 256, 128)]
 GRAPH_SHAPES: list[Shape] = [(4, 64, 32), (20, 256, 128), (8, 512, 256)]
@@ -97,7 +98,8 @@ def timed(fn: Callable, device: str, number: int) -> float:
 def interleaved(fns: dict[str, Callable], device: str, repeats: int, budget_s: float = 0.2,
                 max_s: float = 20.0, samples: dict[str, list[float]] | None = None
                 ) -> tuple[dict[str, float], int]:
-    """Median seconds per call of each function, repeats interleaved, after a warm-up call.
+    """Median seconds per call of each function, repeats interleaved (the order reversed every
+    other round), after a warm-up call.
 
     Each sample runs a function ``budget_s / (one call)`` times (at least once). When a round of
     samples takes long (huge shapes), fewer repeats (at least 3) keep the total under ``max_s``;
@@ -111,9 +113,9 @@ def interleaved(fns: dict[str, Callable], device: str, repeats: int, budget_s: f
     round_s = sum(number[k] * single[k] for k in fns)
     repeats = max(min(3, repeats), min(repeats, int(max_s / round_s)))
     rounds: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            rounds[name].append(timed(fn, device, number[name]))
+    for r in range(repeats):  # the order alternates (ABBA): no function always follows the same one
+        for name in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+            rounds[name].append(timed(fns[name], device, number[name]))
     if samples is not None:
         samples.update(rounds)
     return {k: float(np.median(v)) for k, v in rounds.items()}, repeats
@@ -300,9 +302,12 @@ class Settings:
 
 def step_table(out: list[str], s: Settings) -> None:
     all_threads = torch.get_num_threads()
-    out += [f"Medians of up to {s.repeats} interleaved repeats. manual/autograd: the median over the "
-            "rounds of the ratio of the two steps' times within a round (taken back to back, so that a "
-            "slow spell of the machine hits both); its range: the smallest and largest round. "
+    repeats, budget_s = STEP_ROUNDS_PER_REPEAT * s.repeats, s.budget_s / 2
+    out += [f"Medians of up to {repeats} interleaved rounds of {budget_s:g} s per step (fewer for the "
+            "slow shapes: a row's rounds within 20 s, at least 3), the order reversed every other round. "
+            "manual/autograd: the median over the rounds of the ratio of the two steps' times within a "
+            "round (taken back to back, so that a slow spell of the machine hits both); its range: the "
+            "smallest and largest round. "
             "Threads: torch's intra-op threads "
             "(CPU); the one-thread rows are how sweep jobs run (one job per core, OMP_NUM_THREADS=1). "
             "FLOP ratio: the matmul FLOPs of forward+backward over forward's (the floor of the time "
@@ -329,7 +334,7 @@ def step_table(out: list[str], s: Settings) -> None:
                     fns = {"manual": b.manual_step, "autograd": b.autograd_step,
                            "unfused": b.manual_unfused_step, "forward": b.manual_forward}
                     rounds: dict[str, list[float]] = {}
-                    t, _ = interleaved(fns, s.device, s.repeats, s.budget_s, samples=rounds)
+                    t, _ = interleaved(fns, s.device, repeats, budget_s, samples=rounds)
                     ratio, lowest, highest = paired_ratio(rounds, "manual", "autograd")
                     unfused = paired_ratio(rounds, "unfused", "autograd")[0]
                     numpy_ms = ratio_np = ""

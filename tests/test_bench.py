@@ -119,3 +119,14 @@ def test_paired_ratio_takes_the_ratio_within_each_round():
     assert bench.paired_ratio(samples, "manual", "autograd") == (0.5, 0.5, 2.0)
     assert bench.interleaved({"f": lambda: None}, "cpu", 3, budget_s=1e-4, samples=samples)[1] == 3
     assert len(samples["f"]) == 3 and samples["manual"] == [1.0, 4.0, 4.0]
+
+
+def test_interleaved_reverses_the_order_every_other_round():
+    """ABBA: no function is always timed right after the same one (a cost one call leaves behind,
+    such as spinning threads, would land on the same function every round)."""
+    bench = load_bench()
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    bench.interleaved(fns, "cpu", 4, budget_s=0.0)  # budget 0: one call per sample
+    rounds = "".join(calls[6:])  # after the warm-up call and the single timing call of each
+    assert rounds == "abc" + "cba" + "abc" + "cba"
