@@ -84,9 +84,12 @@ def init_replica_params(spec: MLPSpec, seeds: list[int], inits: list[str] | None
     if not len(seeds) == len(inits) == len(init_scales):
         raise ValueError(f"replica lists differ in length: {len(seeds)} seeds, {len(inits)} inits, "
                          f"{len(init_scales)} init scales")
-    sets = [init_params(replace(spec, init=init, init_scale=scale), seed)
-            for seed, init, scale in zip(seeds, inits, init_scales, strict=True)]
-    return {key: np.stack([params[key] for params in sets]) for key in sets[0]}
+    stacked: dict[str, np.ndarray] = {}
+    for k, (seed, init, scale) in enumerate(zip(seeds, inits, init_scales, strict=True)):
+        params = init_params(replace(spec, init=init, init_scale=scale), seed)
+        for key, value in params.items():  # filled one replica at a time: no second copy of the stack
+            stacked.setdefault(key, np.empty((len(seeds),) + value.shape, value.dtype))[k] = value
+    return stacked
 
 
 class MLP:
