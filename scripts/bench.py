@@ -191,7 +191,7 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
     x, y = be.asarray(x_np), be.labels(y_np)
 
     def manual_step():  # as the app's steps that log nothing: plain SGD fuses its update (MLP.sgd_step)
-        net.sgd_step(x, y, opt.fused_lr(net.params["W1"]))
+        net.sgd_step(x, y, opt.fused_lr())
         opt.count_step()
 
     def manual_unfused_step():  # backward forms every gradient, then the update (any other optimiser)

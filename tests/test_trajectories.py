@@ -40,7 +40,7 @@ from helpers import (
     run_trajectory,
 )
 
-from testbed.engine import OPTIMIZERS
+from testbed.engine import OPTIMIZERS, get_optimizer
 
 STEPS = 100
 TRAJECTORY_BACKENDS = (backend_params(dtypes=("float64",))
@@ -60,8 +60,8 @@ def test_trajectory_matches_torch_optim(case, backend: Backend):
         assert result.clipped_steps > STEPS // 2, f"clipping active in {result.clipped_steps} steps only"
 
 
-PLAIN_SGD = [case for case in TRAJECTORIES if case.optimizer == "sgd" and case.clip_norm is None
-             and not {"momentum", "weight_decay"} & set(case.hyper)]
+PLAIN_SGD = [case for case in TRAJECTORIES
+             if get_optimizer(case.optimizer, **case.hyper).fused_lr() is not None and case.clip_norm is None]
 
 
 @pytest.mark.parametrize("backend", TRAJECTORY_BACKENDS)

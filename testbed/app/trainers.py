@@ -131,8 +131,8 @@ class ManualTrainer(Trainer):
         self.grads = {}  # the last step's: freed before this step's exist
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        fused_lr = (self.optimizer.fused_lr(self.net.params["W1"]) if self.fuse_sgd and update
-                    and not record and self.clip_norm is None else None)
+        fused_lr = (self.optimizer.fused_lr() if self.fuse_sgd and update and not record
+                    and self.clip_norm is None else None)
         if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
             loss = self.graphed(x[i], y[i])
             grads = self.net.grads

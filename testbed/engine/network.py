@@ -195,16 +195,16 @@ class MLP:
         autograd step can do this, as its optimiser reads the finished .grad). Keeps nothing of the
         pass (``record=False``); returns the loss.
 
-        ``lr``: a number, or per-replica learning rates shaped to broadcast against a stacked
-        output (K, 1, 1). Those scale dL/d(output) once: backward is linear in it, so every dL/ds^l
-        below carries its replica's lr and the GEMMs need no other factor. With a number the weights
-        equal ``loss_and_grads`` then ``SGD.step`` to rounding on torch (the GEMM adds lr x product
-        in its own order), exactly on numpy, and the biases exactly; per-replica rates, to rounding."""
+        ``lr``: a number, or a stack's K per-replica learning rates, shape (K,). Those scale
+        dL/d(output) once: backward is linear in it, so every dL/ds^l below carries its replica's lr
+        and the GEMMs need no other factor. With a number the weights equal ``loss_and_grads`` then
+        ``SGD.step`` to rounding on torch (the GEMM adds lr x product in its own order), exactly on
+        numpy, and the biases exactly; per-replica rates, to rounding."""
         output = self.forward(x, record=False)
         loss, loss_cache = self.loss_fn.forward(output, target)
         grad_output = self.loss_fn.backward(loss_cache)
         if not isinstance(lr, int | float):  # in place: the loss's gradient is fresh, and keeps its dtype
-            grad_output *= lr
+            grad_output *= lr[..., None, None]
             lr = 1.0
         self.backward(grad_output, record=False, sgd_lr=lr)
         return loss

@@ -54,8 +54,8 @@ class Optimizer:
     def update(self, param, grad, state: dict, lr, scalars: dict) -> None:
         raise NotImplementedError
 
-    def fused_lr(self, param):
-        """The learning rate shaped for ``param`` (``lr_for``) when this update can be fused into
+    def fused_lr(self):
+        """The learning rate (a number, or K replicas' rates) when this update can be fused into
         backward (``MLP.sgd_step``, then ``count_step``): plain SGD. None for every other update."""
         return None
 
@@ -89,8 +89,8 @@ class SGD(Optimizer):
         lr = self.lr if isinstance(self.lr, int | float) else [self.lr_for(p) for p in params_list]
         namespace(params_list[0]).sub_scaled_all_(params_list, lr, [grads[k] for k in params])
 
-    def fused_lr(self, param):
-        return None if (self.momentum or self.weight_decay) else self.lr_for(param)
+    def fused_lr(self):
+        return None if (self.momentum or self.weight_decay) else self.lr
 
     def update(self, param, grad, state, lr, scalars):
         if self.weight_decay:

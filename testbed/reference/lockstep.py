@@ -85,7 +85,7 @@ class Lockstep:
         xm = self.backend.asarray(x)
         ym = self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
         if fused:
-            lr = self.manual_optimizer.fused_lr(self.manual.params["W1"])
+            lr = self.manual_optimizer.fused_lr()
             if lr is None or self.clip_norm is not None:
                 raise ValueError("a fused step needs plain SGD (no momentum or weight decay), no clipping")
             loss_manual, grads = self.manual.sgd_step(xm, ym, lr), None
