@@ -53,6 +53,7 @@ SHAPES: list[Shape] = [(4, 64, 32), (8, 512, 256), (20, 1024, 512), (50, 256, 12
 CUDA_SHAPES: list[Shape] = SHAPES + [(8, 4096, 4096)]
 ONE_THREAD_SHAPES: list[Shape] = [(4, 64, 32)]  # CPU rows also measured at one thread
 STEP_ROUNDS_PER_REPEAT = 3  # step table (the targets): 3x the rounds of --repeats, each half as long
+ROUNDS_MAX_S = 20.0  # a row's interleaved rounds stop here (at least 3 are taken)
 CPU_REPLICA_SHAPES: list[Shape] = [(4, 64, 32), (20, 256, 128)]
 CUDA_REPLICA_SHAPES: list[Shape] = [(20, 256, 128)]
 GRAPH_SHAPES: list[Shape] = [(4, 64, 32), (20, 256, 128), (8, 512, 256)]
@@ -96,7 +97,7 @@ def timed(fn: Callable, device: str, number: int) -> float:
 
 
 def interleaved(fns: dict[str, Callable], device: str, repeats: int, budget_s: float = 0.2,
-                max_s: float = 20.0, samples: dict[str, list[float]] | None = None
+                max_s: float = ROUNDS_MAX_S, samples: dict[str, list[float]] | None = None
                 ) -> tuple[dict[str, float], int]:
     """Median seconds per call of each function, repeats interleaved (the order reversed every
     other round), after a warm-up call.
@@ -218,21 +219,26 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
 
 
 def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Bench:
-    """K replicas of one shape, parameters stacked on a leading axis, float32, SGD."""
+    """K replicas of one shape, parameters stacked on a leading axis, float32, SGD with a learning
+    rate per replica (as ``train.replicas=K``)."""
     spec = MLPSpec(IN_FEATURES, CLASSES, depth=depth, width=width, activation="relu",
                    init="kaiming_normal")
     be = Backend("torch", "float32", device)
     net = MLP(spec, {n: be.asarray(v) for n, v in init_replica_params(spec, list(range(k))).items()})
-    opt = get_optimizer("sgd", lr=1e-3)
+    opt = get_optimizer("sgd", lr=be.asarray(np.full(k, 1e-3)))
     rng = np.random.default_rng(0)
     x = be.asarray(rng.normal(size=(k, batch, IN_FEATURES)))
     y = be.labels(rng.integers(0, CLASSES, (k, batch)))
 
-    def stacked_step():
-        _, grads = net.loss_and_grads(x, y, record=False)  # as the app's unlogged steps
+    def stacked_step():  # as the app's steps that log nothing: the update fused into backward
+        net.sgd_step(x, y, opt.fused_lr())
+        opt.count_step()
+
+    def stacked_unfused_step():
+        _, grads = net.loss_and_grads(x, y, record=False)
         opt.step(net.params, grads)
 
-    return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None, stacked_step)
+    return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None, stacked_unfused_step)
 
 
 def replica_data(batch: int, seed: int = 0):
@@ -304,7 +310,8 @@ def step_table(out: list[str], s: Settings) -> None:
     all_threads = torch.get_num_threads()
     repeats, budget_s = STEP_ROUNDS_PER_REPEAT * s.repeats, s.budget_s / 2
     out += [f"Medians of up to {repeats} interleaved rounds of {budget_s:g} s per step (fewer for the "
-            "slow shapes: a row's rounds within 20 s, at least 3), the order reversed every other round. "
+            f"slow shapes: a row's rounds within {ROUNDS_MAX_S:g} s, at least 3), the order reversed every "
+            "other round. "
             "manual/autograd: the median over the rounds of the ratio of the two steps' times within a "
             "round (taken back to back, so that a slow spell of the machine hits both); its range: the "
             "smallest and largest round. "
@@ -444,7 +451,8 @@ def graph_table(out: list[str], s: Settings) -> None:
     out += [f"float32{', TF32 off' if s.device == 'cuda' else ''}, SGD, medians of up to {s.repeats} "
             "interleaved repeats. `GraphedStep` (`engine.cuda_graph=true`) captures forward, backward "
             "and update once and replays the graph each step; eager: the same step not captured "
-            "(gradients, then the update, unfused). Difference: from the same initial "
+            "(both the app's step that logs nothing: the SGD update fused into backward). Difference: "
+            "from the same initial "
             "parameters, 20 steps eager vs 20 graphed, max |graphed - eager| / max |eager| over the "
             "parameter tensors.", "",
             "| depth/width/batch | K | eager manual step ms | graphed step ms | graphed speed-up | "
@@ -477,15 +485,15 @@ def graph_row(GraphedStep, capture, shape: Shape, k: int, s: Settings) -> str:
     eager, graphed = make(), make()
     initial = {key: value.clone() for key, value in eager.net.params.items()}
     step = GraphedStep(graphed.net, graphed.opt, capture=capture)
-    for _ in range(20):  # the eager step the graph captures: gradients, then the update
-        eager.manual_unfused_step()
-        step(graphed.x, graphed.y)
+    for _ in range(20):  # the eager step the graph captures: the update fused into backward
+        eager.manual_step()
+        step(graphed.x, graphed.y, fuse_sgd=True)
     sync(s.device)
     difference = max_relative_difference(graphed.net.params, eager.net.params)
     weights = {key: value for key, value in eager.net.params.items() if key.startswith("W")}
     moved = max_relative_difference(initial, weights)  # what a missed update would show
     # timing (the parameters keep training; the speed does not depend on their values)
-    fns = {"eager": eager.manual_unfused_step, "graphed": lambda: step(graphed.x, graphed.y)}
+    fns = {"eager": eager.manual_step, "graphed": lambda: step(graphed.x, graphed.y, fuse_sgd=True)}
     if k == 1:
         fns["autograd"] = eager.autograd_step
     t, _ = interleaved(fns, s.device, s.repeats, s.budget_s)

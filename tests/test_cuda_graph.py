@@ -1,7 +1,8 @@
 """``engine.cuda_graph``: the manual step captured in a CUDA graph equals the eager step.
 
 On the CPU (every run of the suite) the logic is checked two ways, each against plain eager steps
-(``loss_and_grads``, ``clip_grad_norm``, ``optimizer.step``), bitwise, float64 and float32, every
+(``loss_and_grads``, ``clip_grad_norm``, ``optimizer.step``; plain SGD asked to fuse:
+``MLP.sgd_step``), bitwise, float64 and float32, every
 optimiser variant, with and without clipping, one net and K stacked replicas with per-replica lrs,
 over 30 steps with a second batch shape:
 
@@ -164,11 +165,14 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 def check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas, device="cpu", tol=0.0,
-                               steps=STEPS):
+                               steps=STEPS, fuse_sgd=False):
+    """``fuse_sgd``: the steps ask for plain SGD's update fused into backward; where the optimiser
+    allows it and nothing is clipped, the reference steps are ``MLP.sgd_step``."""
     backend = Backend("torch", dtype, device)
     (ref, ref_opt), (net, opt) = build(case, backend, replicas)
     graphed = make_graphed(net, opt, clip_norm, mode) if mode != "cuda" else GraphedStep(net, opt, clip_norm)
     evaluation = next(batches(backend, replicas, 1, seed=99))[0]
+    fused = fuse_sgd and clip_norm is None and ref_opt.fused_lr() is not None
 
     def close(a, b, what):
         if tol == 0.0:
@@ -178,8 +182,12 @@ def check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas, device="c
             assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
 
     for step, (x, y) in enumerate(batches(backend, replicas, steps)):
-        ref_loss = eager_step(ref, ref_opt, x, y, clip_norm, int(replicas))
-        loss = graphed(x, y)
+        if fused:
+            ref_loss = ref.sgd_step(x, y, ref_opt.fused_lr())
+            ref_opt.count_step()
+        else:
+            ref_loss = eager_step(ref, ref_opt, x, y, clip_norm, int(replicas))
+        loss = graphed(x, y, fuse_sgd=fuse_sgd)
         close(loss, ref_loss, f"step {step}: loss")
         # the diagnostics read the step's tensors off the net
         for what in ("pre_activations", "activations", "pre_activation_grads"):
@@ -197,10 +205,14 @@ def check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas, device="c
         assert_same_state(opt.state, ref_opt.state)
     # both batch shapes got a graph; a replay leaves the graph's static outputs on the net
     assert len(graphed.graphs) == 2
+    assert all(key[0] == fused for key in graphed.graphs)
+    if fused:  # the fused step keeps nothing of the pass
+        assert not net.grads and not net.pre_activations and not net.pre_activation_grads
     if mode != "eager":
         assert all(c.replay is not None for c in graphed.graphs.values())
-        last = graphed.graphs[(tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)]
-        assert net.pre_activations[0] is last.outputs.pre_activations[0]
+        last = graphed.graphs[(fused, tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)]
+        assert loss is last.outputs.loss
+        assert fused or net.pre_activations[0] is last.outputs.pre_activations[0]
     return graphed
 
 
@@ -213,6 +225,17 @@ def check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas, device="c
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_graphed_steps_equal_eager_steps_bitwise(case, dtype, clip_norm, mode, replicas):
     check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas)
+
+
+@pytest.mark.parametrize("replicas", [False, True], ids=["single", "replicas"])
+@pytest.mark.parametrize("mode", ["eager", "replay"])
+@pytest.mark.parametrize("clip_norm", [None, CLIP], ids=["noclip", "clip"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", ["sgd", "sgd_weight_decay", "adam"])
+def test_graphed_steps_asked_to_fuse_equal_the_eager_steps_bitwise(case, dtype, clip_norm, mode, replicas):
+    """Plain SGD without clipping: the graph is ``MLP.sgd_step``'s, as the eager trainer's steps
+    that record nothing (per-replica lrs too); any other update, or clipping: the usual step."""
+    check_graphed_equals_eager(case, dtype, clip_norm, mode, replicas, fuse_sgd=True)
 
 
 def test_every_optimizer_and_variant_is_covered():
@@ -324,11 +347,18 @@ def indices(steps: int, seed: int = 2):
     return [rng.choice(150, size=SHORT if s % 5 == 4 else BATCH, replace=False) for s in range(steps)]
 
 
+TRAINER_UPDATES = {  # (optimiser, hyper, clip_norm)
+    "adam_clip": ("adam", dict(lr=1e-2), CLIP),
+    "sgd": ("sgd", dict(lr=0.1), None),  # the steps that record nothing fuse the update
+}
+
+
+@pytest.mark.parametrize("update_rule", sorted(TRAINER_UPDATES))
 @pytest.mark.parametrize("mode", ["eager", "replay"])
-def test_trainer_records_and_updates_as_the_eager_trainer(mode):
+def test_trainer_records_and_updates_as_the_eager_trainer(mode, update_rule):
     """As the app's loop: evaluate before a logged step, record it, the last step only records."""
     backend = Backend("torch", "float64")
-    plain, graphed = make_trainer(backend, None), make_trainer(backend, mode)
+    plain, graphed = (make_trainer(backend, m, *TRAINER_UPDATES[update_rule]) for m in (None, mode))
     idx = indices(13)
     for step, i in enumerate(idx):
         log_now, update = step % 4 == 0 or step == 12, step < 12
@@ -356,6 +386,8 @@ def test_trainer_records_and_updates_as_the_eager_trainer(mode):
     assert plain.optimizer.steps == graphed.optimizer.steps == 12
     assert all(torch.equal(plain.net.params[k], graphed.net.params[k]) for k in plain.net.params)
     assert plain.evaluate("test") == graphed.evaluate("test")
+    fused = sorted({key[0] for key in graphed.graphed.graphs})  # graphs of each kind of step
+    assert fused == ([False, True] if update_rule == "sgd" else [False])
 
 
 def _tensors(trainer: ManualTrainer) -> list:
@@ -471,6 +503,14 @@ def test_cuda_graph_replay_equals_eager_steps(case, dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("replicas", [False, True], ids=["single", "replicas"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_graph_replay_of_the_fused_sgd_step_equals_eager_fused_steps(dtype, replicas):
+    check_graphed_equals_eager("sgd", dtype, None, "cuda", replicas, device="cuda", tol=CUDA_TOL[dtype],
+                               steps=50, fuse_sgd=True)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("case", ["sgd_nesterov", "adam", "adagrad_decay", "rmsprop_centered_momentum"])
 def test_cuda_graph_replay_with_clipping_and_replicas_equals_eager_steps(case):
     for replicas in (False, True):
@@ -549,26 +589,28 @@ def test_app_with_cuda_graph_equals_the_app_without(tmp_path, monkeypatch, extra
 
 # -- replicas ----------------------------------------------------------------------------------------
 
-def make_stacked(backend: Backend, mode: str | None):
-    """A StackedTrainer of K replicas (Adam, per-replica lrs, clipping); with ``mode`` its updating
-    steps go through a GraphedStep as with cuda_graph=True (on CUDA: cuda_graph=True itself)."""
+def make_stacked(backend: Backend, mode: str | None, update_rule: str = "adam_clip"):
+    """A StackedTrainer of K replicas (``TRAINER_UPDATES[update_rule]``, per-replica lrs); with
+    ``mode`` its updating steps go through a GraphedStep as with cuda_graph=True (on CUDA:
+    cuda_graph=True itself)."""
     from testbed.app.replicas import StackedTrainer
 
+    name, hyper, clip_norm = TRAINER_UPDATES[update_rule]
     initial = init_replica_params(SPEC, list(range(K)))
-    args = (SPEC, initial, backend, "adam", dict(lr=1e-2), [0.01, 0.02, 0.005], CLIP)
-    trainer = StackedTrainer(*args, cuda_graph=mode == "cuda")
+    lrs = [hyper["lr"] * f for f in (1.0, 2.0, 0.5)]
+    trainer = StackedTrainer(SPEC, initial, backend, name, hyper, lrs, clip_norm, cuda_graph=mode == "cuda")
     if mode not in (None, "cuda"):
-        trainer.graphed = make_graphed(trainer.net, trainer.optimizer, CLIP, mode)
+        trainer.graphed = make_graphed(trainer.net, trainer.optimizer, clip_norm, mode)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(200, SPEC.in_features)), rng.integers(0, SPEC.out_features, size=200)
     trainer.load_data(x[:150], y[:150], x[150:], y[150:])
     return trainer
 
 
-def check_stacked_graphed(backend: Backend, mode: str, tol: float) -> None:
+def check_stacked_graphed(backend: Backend, mode: str, tol: float, update_rule: str = "adam_clip") -> None:
     """Steps with records, a replica dropped from the stack (as when one diverges: the graph is
     captured again), a checkpoint loaded into it, more steps: the graphed stack equals the plain one."""
-    plain, graphed = make_stacked(backend, None), make_stacked(backend, mode)
+    plain, graphed = make_stacked(backend, None, update_rule), make_stacked(backend, mode, update_rule)
     rng = np.random.default_rng(3)
 
     def steps(count: int, replicas: int):
@@ -593,20 +635,24 @@ def check_stacked_graphed(backend: Backend, mode: str, tol: float) -> None:
         np.testing.assert_allclose(to_np(graphed.net.params[key]), to_np(plain.net.params[key]), rtol=tol,
                                    atol=tol * 1e-3)
     assert graphed.optimizer.steps == plain.optimizer.steps == 20
+    fused = sorted({key[0] for key in graphed.graphed.graphs})  # graphs of each kind of step
+    assert fused == ([False, True] if update_rule == "sgd" else [False])
 
 
 def to_np(t) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+@pytest.mark.parametrize("update_rule", sorted(TRAINER_UPDATES))
 @pytest.mark.parametrize("mode", ["eager", "replay"])
-def test_a_graphed_replica_stack_equals_the_plain_one_through_a_cut_and_a_checkpoint(mode):
-    check_stacked_graphed(Backend("torch", "float64"), mode, tol=0.0)
+def test_a_graphed_replica_stack_equals_the_plain_one_through_a_cut_and_a_checkpoint(mode, update_rule):
+    check_stacked_graphed(Backend("torch", "float64"), mode, tol=0.0, update_rule=update_rule)
 
 
 @pytest.mark.cuda
-def test_a_cuda_graphed_replica_stack_equals_the_plain_one():
-    check_stacked_graphed(Backend("torch", "float64", "cuda"), "cuda", tol=1e-12)
+@pytest.mark.parametrize("update_rule", sorted(TRAINER_UPDATES))
+def test_a_cuda_graphed_replica_stack_equals_the_plain_one(update_rule):
+    check_stacked_graphed(Backend("torch", "float64", "cuda"), "cuda", tol=1e-12, update_rule=update_rule)
 
 
 @pytest.mark.cuda

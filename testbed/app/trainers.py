@@ -64,8 +64,8 @@ class ManualTrainer(Trainer):
     ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``); the
     step that only records (``update=False``) runs eagerly. ``fuse_sgd``: a step that neither
     records nor clips, with plain SGD, fuses the update into backward
-    (``MLP.sgd_step``) and keeps no gradients; off where each step's gradients are read
-    (``engine=both`` compares them with torch's).
+    (``MLP.sgd_step``; under ``cuda_graph``, a graph of its own) and keeps no gradients; off where
+    each step's gradients are read (``engine=both`` compares them with torch's).
     """
 
     replica_ndim = 0  # leading replica axes of the parameters (testbed.app.replicas.StackedTrainer: 1)
@@ -131,10 +131,10 @@ class ManualTrainer(Trainer):
         self.grads = {}  # the last step's: freed before this step's exist
         layers = range(1, self.spec.num_layers + 1)
         before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        fused_lr = (self.optimizer.fused_lr() if self.fuse_sgd and update and not record
-                    and self.clip_norm is None else None)
+        fuse = self.fuse_sgd and update and not record
+        fused_lr = self.optimizer.fused_lr() if fuse and self.clip_norm is None else None
         if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
-            loss = self.graphed(x[i], y[i])
+            loss = self.graphed(x[i], y[i], fuse_sgd=fuse)
             grads = self.net.grads
         elif fused_lr is not None:  # forward, and backward with the update fused in: no grads
             loss, grads = self.net.sgd_step(x[i], y[i], fused_lr), {}

@@ -24,8 +24,13 @@ now. So that a replay is the step the eager code would take:
   handles, workspaces, the allocator); they are real steps, so the parameters
   and optimiser state are saved before and copied back, in place, after.
 
-Each (x.shape, y.shape) gets its own graph (a short last batch: a second one),
-up to ``MAX_GRAPHS``; a batch of any further shape runs eagerly. If the net's
+Plain SGD without clipping can fuse its update into backward (``MLP.sgd_step``),
+as the eager trainer does on the steps that record nothing; such a step is a
+graph of its own (``fuse_sgd=True``), and the replays then take the same
+arithmetic as the eager run.
+
+Each (fused, x.shape, y.shape) gets its own graph (a short last batch: a second
+one), up to ``MAX_GRAPHS``; a batch of any further kind runs eagerly. If the net's
 parameters, the optimiser's state or its lr are replaced by other objects
 (not changed in place), the graphs are dropped and captured again.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,7 +47,7 @@ import torch
 from testbed.engine.network import MLP
 from testbed.engine.optim import Optimizer, clip_grad_norm
 
-MAX_GRAPHS = 4  # batch shapes with a graph of their own; further shapes run eagerly
+MAX_GRAPHS = 4  # (fused, batch shape) pairs with a graph of their own; further ones run eagerly
 WARMUP_STEPS = 3  # as torch's whole-network capture example
 
 
@@ -75,10 +81,12 @@ class GraphedStep:
     very same static-buffer step eagerly, without a graph (how the logic is tested on the CPU).
     Calling it with (x, y) returns the loss, a 0-dim (K replicas: (K,)) tensor valid until the
     next call, and leaves this step's ``grads``, ``pre_activations``, ``activations`` and
-    ``pre_activation_grads`` on the net. The first update of a run runs eagerly; then each batch
-    shape is captured at its first call (a dict of up to MAX_GRAPHS graphs; further shapes run
-    eagerly). Stacked replicas (a leading K axis, per-replica lrs) are clipped each by its own
-    norm, as ``clip_grad_norm(..., replica_ndim=1)``.
+    ``pre_activation_grads`` on the net; with ``fuse_sgd=True``, where the optimiser's update can be
+    fused into backward (``Optimizer.fused_lr``) and nothing is clipped, the step is
+    ``MLP.sgd_step`` instead and leaves none of them. The first update of a run runs eagerly; then
+    each (fused, batch shape) is captured at its first call (a dict of up to MAX_GRAPHS graphs;
+    further ones run eagerly). Stacked replicas (a leading K axis, per-replica lrs) are clipped
+    each by its own norm, as ``clip_grad_norm(..., replica_ndim=1)``.
     """
 
     def __init__(self, net: MLP, optimizer: Optimizer, clip_norm: float | None = None,
@@ -96,20 +104,21 @@ class GraphedStep:
         self._scalars: dict = {}  # the optimiser's step_scalars, as device tensors the graphs read
         self._bound: list = []  # the objects the graphs hold by address
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, fuse_sgd: bool = False):
         if self.graphs and not self._still_bound():
             self.reset()
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
+        fused = fuse_sgd and self.clip_norm is None and self.optimizer.fused_lr() is not None
+        key = (fused, tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
         captured = self.graphs.get(key)
         if captured is None:
             if self.optimizer.steps == 0 or len(self.graphs) >= MAX_GRAPHS:
-                return self._eager_step(x, y)
-            captured = self.graphs[key] = self._capture(x, y)
+                return self._eager_step(x, y, fused)
+            captured = self.graphs[key] = self._capture(x, y, fused)
         captured.x.copy_(x)
         captured.y.copy_(y)
         self._set_scalars()
         if captured.replay is None:
-            captured.outputs = self._step(captured.x, captured.y)
+            captured.outputs = self._step(captured.x, captured.y, fused)
         else:
             captured.replay()
             self._put_back(captured.outputs)
@@ -122,24 +131,25 @@ class GraphedStep:
 
     # -- the step --------------------------------------------------------------------------------
 
-    def _step(self, x, y) -> _Outputs:
-        """Forward, backward, clipping, and the update with the per-step numbers in ``_scalars``."""
-        loss, grads = self.net.loss_and_grads(x, y)
-        if self.clip_norm is not None:
-            clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
-        self.optimizer.apply(self.net.params, grads, self._scalars)
+    def _step(self, x, y, fused: bool, scalars: dict | None = None) -> _Outputs:
+        """Forward, backward, clipping, and the update with the per-step numbers ``scalars``
+        (default: the device tensors ``_scalars``); ``fused``: ``MLP.sgd_step``."""
         net = self.net
-        return _Outputs(loss, grads, net.pre_activations, net.activations, net.pre_activation_grads,
+        if fused:
+            loss = net.sgd_step(x, y, self.optimizer.fused_lr())
+        else:
+            loss, grads = net.loss_and_grads(x, y)
+            if self.clip_norm is not None:
+                clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
+            self.optimizer.apply(net.params, grads, self._scalars if scalars is None else scalars)
+        return _Outputs(loss, net.grads, net.pre_activations, net.activations, net.pre_activation_grads,
                         net.input_grad)
 
-    def _eager_step(self, x, y):
-        """The plain eager step: the first update (it creates the optimiser's state), or a batch
-        shape beyond MAX_GRAPHS."""
-        loss, grads = self.net.loss_and_grads(x, y)
-        if self.clip_norm is not None:
-            clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
-        self.optimizer.step(self.net.params, grads)
-        return loss
+    def _eager_step(self, x, y, fused: bool):
+        """The plain eager step, ``Optimizer.step``'s numbers in python: the first update (it
+        creates the optimiser's state), or a kind of batch beyond MAX_GRAPHS."""
+        self.optimizer.steps += 1
+        return self._step(x, y, fused, self.optimizer.step_scalars(self.optimizer.steps)).loss
 
     def _set_scalars(self) -> None:
         """This step's ``step_scalars``, computed in python as the eager step does, written into the
@@ -164,24 +174,25 @@ class GraphedStep:
 
     # -- capture ---------------------------------------------------------------------------------
 
-    def _capture(self, x, y) -> _Captured:
+    def _capture(self, x, y, fused: bool) -> _Captured:
         captured = _Captured(x.clone(memory_format=torch.contiguous_format),
                              y.clone(memory_format=torch.contiguous_format))
         self._set_scalars()
         state = self._state_tensors()
         saved = [t.clone() for t in state]
+        step = partial(self._step, captured.x, captured.y, fused)
         if captured.x.is_cuda:
             side = torch.cuda.Stream(device=captured.x.device)
             side.wait_stream(torch.cuda.current_stream(captured.x.device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
-                    self._step(captured.x, captured.y)
+                    step()
             torch.cuda.current_stream(captured.x.device).wait_stream(side)
         else:
             for _ in range(WARMUP_STEPS):
-                self._step(captured.x, captured.y)
+                step()
         if self.capture:
-            captured.replay, captured.outputs = self._record(lambda: self._step(captured.x, captured.y))
+            captured.replay, captured.outputs = self._record(step)
         for tensor, value in zip(state, saved, strict=True):  # in place: the graph holds these
             tensor.copy_(value)
         self._bound = self._binding()
