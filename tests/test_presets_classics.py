@@ -223,3 +223,67 @@ def test_claims_are_registered_before_running():
         assert (REPO / "conf" / "experiment" / f"{name}.yaml").is_file()
         for claim in module.CLAIMS:
             assert claim.criterion and claim.passed is None and not claim.measured
+
+
+# ---------------------------------------------------------------- rows added after the first report
+def test_logistic_sum_squared_error_matches_torch_and_central_differences():
+    """The PDP error measure (xor_encoder's squared-error row): E = 1/2 sum (y - sigmoid(z))^2, its
+    dE/dz against torch autograd (with replica axes) and against central differences."""
+    from testbed.engine import LOSSES, get_loss
+
+    loss = get_loss("logistic_sum_squared_error")
+    assert "logistic_sum_squared_error" not in LOSSES  # not a data set's task loss: the app never picks it
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, size=(3, 5, 2))  # 3 replicas, 5 patterns, 2 outputs
+    y = rng.integers(0, 2, size=z.shape).astype(float)
+    value, cache = loss.forward(z, y)
+    grad = loss.backward(cache)
+    z_t = torch.tensor(z, requires_grad=True)
+    reference = build_torch_loss("logistic_sum_squared_error")(z_t, torch.tensor(y))
+    np.testing.assert_allclose(value, reference.detach().numpy(), rtol=1e-14)
+    reference.sum().backward()
+    np.testing.assert_allclose(grad, z_t.grad.numpy(), rtol=1e-13, atol=1e-16)
+    eps, flat = 1e-6, z.ravel()
+    numeric = np.empty_like(flat)
+    for i in range(flat.size):
+        step = np.zeros_like(flat)
+        step[i] = eps
+        numeric[i] = (loss.forward((flat + step).reshape(z.shape), y)[0].sum()
+                      - loss.forward((flat - step).reshape(z.shape), y)[0].sum()) / (2 * eps)
+    np.testing.assert_allclose(grad.ravel(), numeric, rtol=1e-6, atol=1e-9)
+    # a sum over patterns, not a mean: twice the patterns, twice the loss
+    doubled, _ = loss.forward(np.concatenate([z, z], axis=1), np.concatenate([y, y], axis=1))
+    np.testing.assert_allclose(doubled, 2 * value, rtol=1e-14)
+
+
+def test_xor_replicas_train_as_the_single_seeds_would():
+    """Seeds stacked as replicas give each seed's own run (sweeps to solve and final loss)."""
+    xor = load_preset("xor_encoder")
+    stacked = xor.train_replicas("xor", [3, 5, 8], 300)
+    for k, seed in enumerate([3, 5, 8]):
+        alone = xor.train_replicas("xor", [seed], 300)
+        assert alone["sweeps_to_solve"][0] == stacked["sweeps_to_solve"][k]
+        np.testing.assert_allclose(alone["final_loss"][0], stacked["final_loss"][k], rtol=1e-10)
+        np.testing.assert_allclose(alone["outputs"][0], stacked["outputs"][k], rtol=1e-10)
+
+
+def test_xor_solved_is_every_output_on_the_right_side():
+    """With no steps nothing moves: solved at step 0 exactly when the initial outputs already are."""
+    xor = load_preset("xor_encoder")
+    result = xor.train_replicas("xor", list(range(6)), 0)
+    targets = np.array([0.0, 1.0, 1.0, 0.0])
+    right = ((result["outputs"] > 0.5) == (targets > 0.5)).all(axis=1)
+    assert np.array_equal(np.isfinite(result["sweeps_to_solve"]), right)
+    np.testing.assert_allclose(result["final_loss"], 0.5 * ((result["outputs"] - targets) ** 2).sum(1))
+
+
+def test_monte_carlo_spread_of_one_gaussian_matrix_is_the_quarter_circle_law():
+    """L = 1: the singular values of an n x n N(0, 1/n) matrix follow the quarter-circle law
+    sqrt(4 - s^2) / pi on [0, 2]; the Monte Carlo's median IQR of ln sigma agrees with its IQR."""
+    orthogonal = load_preset("orthogonal")
+    s = np.linspace(0, 2, 200001)[1:]
+    cdf = np.cumsum(np.sqrt(4 - s**2) / np.pi) * (s[1] - s[0])
+    q25, q75 = np.interp([0.25, 0.75], cdf, s)
+    mc = orthogonal.monte_carlo_iqr((1, 3), width=128, draws=40)
+    assert np.median(mc[1]) == pytest.approx(np.log(q75 / q25), rel=0.05)
+    assert np.median(mc[3]) > np.median(mc[1])  # the spread grows with depth

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +185,106 @@ def test_small_helpers():
     assert math.isnan(geomean([1.0, -1.0]))
     assert slope(np.array([3.0, 5.0, 7.0])) == pytest.approx(2.0)
     assert fmt(1.23456e-5) == "1.23e-05" and fmt(0.5) == "0.5"
+
+
+# ---------------------------------------------------------------- rows added after the first report
+def _fake_run(config: dict, metrics: list[dict], summary: dict | None = None):
+    from testbed.tracking.sweep import Run
+
+    return Run(Path("/nonexistent"), config, {}, metrics, summary or {"status": "completed"})
+
+
+def _nested(**dotted) -> dict:
+    config: dict = {}
+    for key, value in dotted.items():
+        node = config
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
+
+
+def test_he_vs_xavier_roles_split_the_budgets_and_the_lr_probe():
+    m = load_preset("he_vs_xavier")
+
+    def run(steps, optim, lr):
+        return _fake_run(_nested(train__steps=steps, optim__name=optim, optim__lr=lr), [])
+
+    assert m.role(run(600, "sgd", 0.01), 600) == "main"
+    assert m.role(run(600, "adam", 0.001), 600) == "main"
+    assert m.role(run(m.LONG_STEPS, "sgd", 0.01), 600) == "long"
+    assert m.role(run(m.LONG_STEPS, "adam", 0.001), 600) == "long"
+    assert m.role(run(600, "sgd", 0.003), 600) == "probe"
+    assert m.role(run(4, "sgd", 0.01), 4) == "main"  # a smoke sweep: one budget, all main
+
+
+def test_he_vs_xavier_stall_verdict_on_synthetic_runs():
+    """Fig. 3's criterion: He ends >= 0.8 and Xavier <= 0.2 in >= 2/3 of the seeds."""
+    m = load_preset("he_vs_xavier")
+
+    def run(init, final):
+        metrics = [{"step": 0, "test/acc": 0.1, "test/loss": 2.3}, {"step": 25, "test/acc": final,
+                                                                      "test/loss": 1.0}]
+        return _fake_run(_nested(model__init=init, model__depth=30, optim__name="sgd"), metrics,
+                         {"status": "completed", "final/test_acc": final})
+
+    def verdict(he, xa):
+        cells = {("momentum", 30, "kaiming_normal"): [run("kaiming_normal", a) for a in he],
+                 ("momentum", 30, "xavier_normal"): [run("xavier_normal", a) for a in xa]}
+        claim = replace(m.CLAIMS[1])
+        found = m._stall_claim(claim, cells, 30)
+        assert found["he_rise"] == [0.0] * len(he)  # the test loss only fell
+        return claim.passed
+
+    assert verdict([0.9, 0.85, 0.3], [0.1, 0.1, 0.5]) is True
+    assert verdict([0.9, 0.5, 0.3], [0.1, 0.1, 0.1]) is False   # He: 1 of 3
+    assert verdict([0.9, 0.9, 0.9], [0.1, 0.3, 0.3]) is False   # Xavier: 1 of 3 stalled
+    assert verdict([0.9, 0.9, 0.9], []) is False
+
+
+def test_vanishing_saturation_verdict_on_synthetic_runs():
+    """Fig. 2's criterion: the top layer's mean <= 0.1 at a logged step where every lower layer is >= 0.4,
+    in >= 2 of 3 seeds (the pre-registered row and the longer-budget row share it)."""
+    m = load_preset("vanishing")
+
+    def run(top, lower):
+        metrics = [{"step": 50 * i, "act/mean/L3": t, "act/mean/L1": 0.5, "act/mean/L2": lo}
+                   for i, (t, lo) in enumerate(zip(top, lower, strict=True))]
+        return _fake_run(_nested(model__depth=3), metrics, {"status": "completed", "final/test_acc": 0.5})
+
+    saturating = run([0.5, 0.2, 0.05, 0.08], [0.5, 0.5, 0.45, 0.45])
+    lower_too_low = run([0.5, 0.2, 0.05, 0.08], [0.5, 0.5, 0.3, 0.3])
+    falling = run([0.5, 0.3, 0.2, 0.15], [0.5, 0.5, 0.5, 0.5])
+    claim = replace(m.CLAIMS[7])
+    found = m._saturation(claim, [saturating, saturating, falling], 3)
+    assert claim.passed is True and found["hits"] == [True, True, False]
+    assert found["still_falling"] == [False, False, True] and found["steps_at"] == [100, 100, 150]
+    assert found["first_hit"] == [100, 100, None]
+    found = m._saturation(claim, [saturating, lower_too_low, falling], 3)
+    assert claim.passed is False and found["lower_mins"][1] == pytest.approx(0.3)
+    assert "1 of 3 seeds meet the criterion" in claim.measured
+    assert "10000 steps" in m._saturation_sentence(found, 10000) and m._saturation_sentence(found, None) == ""
+
+
+@pytest.mark.parametrize("name, extra", [("vanishing", "LONG"), ("he_vs_xavier", "LONG")])
+def test_added_rows_compose_and_keep_the_pre_registered_budget(name, extra):
+    """The longer-budget runs are the preset's config with its budget raised; the yaml's own budget
+    (what the pre-registered rows read) is unchanged, and the added rows say which budget they used."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from testbed.app.schema import register_configs
+
+    m = load_preset(name)
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        base = compose("config", overrides=[f"+experiment={name}"])
+        longer = compose("config", overrides=[f"+experiment={name}", *getattr(m, extra)])
+    assert base.train.steps == m.STEPS
+    assert longer.train.steps == m.LONG_STEPS > m.STEPS
+    added = [c for c in m.CLAIMS if "longer budget" in c.paper]
+    assert added and all(f"{m.LONG_STEPS} steps" in c.setup and "added after" in c.paper for c in added)
+    for claim in added:  # the same criterion as the pre-registered row it repeats
+        assert any(claim.criterion == c.criterion for c in m.CLAIMS if "longer budget" not in c.paper)

@@ -11,6 +11,12 @@ shrinks the same way. At 30 layers Xavier's first/top gradient ratio is 2^(-29/2
 carries 2^(-15) of the input's scale: SGD sees almost no gradient below the top layers and almost no
 signal at the output. Adam divides each coordinate's step by its gradient's running RMS, so the scale of
 the gradient does not set the step: it trains the same net.
+
+Rows added after the first report (criteria written before they ran, never tuned): the three training
+claims again at a longer budget, 3000 steps (5x the pre-registered 600; ~140 epochs of the 1347
+digits), everything else unchanged; the pre-registered rows keep their 600 steps. A diagnostic that
+decides nothing: the 30-layer He net at lr 0.003 and 0.001 (600 steps), to tell a too-large step from
+a too-short budget.
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ from testbed.experiments.measure import eval_series, fmt, fraction, geomean, lay
 NAME = "he_vs_xavier"
 SMOKE = ["model.depth=3,4", "model.width=16", "seed=0", "train.steps=4", "train.log_every=2"]
 ADAM = ["optim=adam", "optim.lr=0.001"]
+STEPS = 600           # the pre-registered budget
+LONG_STEPS = 3000     # the added rows' budget
+LONG = [f"train.steps={LONG_STEPS}", "train.log_every=100"]
+PAPER_LR = 0.01       # SGD + momentum, the paper's
+PROBE_LRS = (0.003, 0.001)  # diagnostic only: He at 30 layers with smaller steps
+PROBE = ["model.depth=30", "model.init=kaiming_normal", "optim.lr=" + ",".join(map(str, PROBE_LRS))]
 
 TRAINS_ACC = 0.8      # "converges": final test accuracy >= 0.8 (chance 0.1)
 STALLS_ACC = 0.2      # "stalls": final test accuracy <= 0.2
@@ -72,6 +84,17 @@ CLAIMS = [
           "same net",
           f"Xavier with Adam ends with test accuracy >= {TRAINS_ACC} in >= 2/3 of the seeds"),
 ]
+LONGER = (f" - longer budget ({LONG_STEPS} steps, not the pre-registered {STEPS}; row added after the first "
+          "report)")
+CLAIMS += [
+    replace(CLAIMS[1], paper=CLAIMS[1].paper + LONGER,
+            setup=CLAIMS[1].setup.replace(f"{STEPS} steps", f"{LONG_STEPS} steps")),
+    replace(CLAIMS[2], paper=CLAIMS[2].paper + LONGER,
+            setup=CLAIMS[2].setup.replace(f"{STEPS} steps", f"{LONG_STEPS} steps")),
+    replace(CLAIMS[3], paper=CLAIMS[3].paper + LONGER,
+            setup=CLAIMS[3].setup.replace(f"{STEPS} steps", f"{LONG_STEPS} steps").replace(
+                "3 seeds", "3 seeds, Xavier only")),
+]
 
 
 def compute(out_dir: Path, smoke: bool = False):
@@ -80,7 +103,21 @@ def compute(out_dir: Path, smoke: bool = False):
         return run_preset(NAME, Path(out_dir) / "smoke", [*SMOKE, "optim=momentum,adam"], n_jobs=1)
     runs = run_preset(NAME, Path(out_dir) / "momentum")
     runs += run_preset(NAME, Path(out_dir) / "adam", ADAM)
+    runs += run_preset(NAME, Path(out_dir) / "momentum_long", LONG)
+    runs += run_preset(NAME, Path(out_dir) / "adam_long", [*ADAM, *LONG, "model.depth=30",
+                                                          "model.init=xavier_normal"])
+    runs += run_preset(NAME, Path(out_dir) / "lr_probe", PROBE)
     return runs
+
+
+def role(run, shortest: int) -> str:
+    """"main" (the pre-registered sweeps), "long" (the longer budget) or "probe" (the lr diagnostic);
+    ``shortest`` is the smallest train.steps among the runs (a smoke sweep has one budget)."""
+    if int(run.get("train.steps")) > shortest:
+        return "long"
+    if _optim(run) == "momentum" and not math.isclose(float(run.get("optim.lr")), PAPER_LR):
+        return "probe"
+    return "main"
 
 
 def _optim(run) -> str:
@@ -89,6 +126,14 @@ def _optim(run) -> str:
 
 def _final_acc(run) -> float:
     return number(run.summary.get("final/test_acc")) if run.status == "completed" else 0.0
+
+
+def _final_text(run) -> str:
+    """The final test accuracy, or how the run ended when it did not complete."""
+    if run.status == "completed":
+        return fmt(_final_acc(run))
+    step = (run.summary or {}).get("diverged_at_step")
+    return f"{run.status} (step {step})" if step is not None else run.status
 
 
 def _first_step(run, level: float) -> float:
@@ -108,14 +153,79 @@ def _first_top(run) -> float:
     return profile[0] / profile[-1]
 
 
-def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
-    runs = [r for r in runs if r.finished and r.metrics]
-    claims = [replace(c) for c in CLAIMS]
-    cells = {}
+def _cells(runs) -> dict:
+    cells: dict = {}
     for run in runs:
         key = (_optim(run), int(run.get("model.depth")), str(run.get("model.init")))
         cells.setdefault(key, []).append(run)
-    depths = sorted({int(r.get("model.depth")) for r in runs})
+    return cells
+
+
+def _largest_rise(run, key: str = "test/loss") -> float:
+    """Largest increase of a metric between two consecutive logged evaluations (0 if it never rises)."""
+    _, values = eval_series(run, key)
+    return float(np.nanmax(np.diff(values), initial=0.0)) if values.size > 1 else 0.0
+
+
+def _stall_claim(claim: Claim, cells: dict, deep: int) -> dict:
+    """Fig. 3: He ends >= TRAINS_ACC and Xavier <= STALLS_ACC in >= 2/3 of the seeds."""
+    he_runs, xa_runs = cells.get(("momentum", deep, "kaiming_normal"), []), cells.get(
+        ("momentum", deep, "xavier_normal"), [])
+    he, xa = [_final_acc(r) for r in he_runs], [_final_acc(r) for r in xa_runs]
+    he_peak, xa_peak = [_peak_acc(r) for r in he_runs], [_peak_acc(r) for r in xa_runs]
+    claim.setup = claim.setup.replace("30 hidden", f"{deep} hidden")
+    he_text, xa_text = ", ".join(_final_text(r) for r in he_runs), ", ".join(_final_text(r) for r in xa_runs)
+    claim.measured = (f"final test accuracy, He: {he_text}; Xavier: {xa_text}. Best over the logged "
+                      f"steps (not the criterion), He: {_join(he_peak)}; Xavier: {_join(xa_peak)}")
+    claim.passed = (bool(he) and bool(xa) and fraction(a >= TRAINS_ACC for a in he) >= SHARE
+                    and fraction(a <= STALLS_ACC for a in xa) >= SHARE)
+    return {"he": he, "xa": xa, "he_peak": he_peak, "xa_peak": xa_peak, "he_text": he_text,
+            "he_rise": [_largest_rise(r) for r in he_runs],
+            "he_diverged": [r.summary.get("diverged_at_step") for r in he_runs if r.status == "diverged"]}
+
+
+def _converge_claim(claim: Claim, cells: dict, shallow: int) -> dict:
+    """Fig. 2: both inits reach STARTED_ACC in >= 2/3 of the seeds, He's median first step earlier."""
+    he_runs, xa_runs = cells.get(("momentum", shallow, "kaiming_normal"), []), cells.get(
+        ("momentum", shallow, "xavier_normal"), [])
+    he_steps = [_first_step(r, STARTED_ACC) for r in he_runs]
+    xa_steps = [_first_step(r, STARTED_ACC) for r in xa_runs]
+    both = (bool(he_steps) and bool(xa_steps) and fraction(math.isfinite(s) for s in he_steps) >= SHARE
+            and fraction(math.isfinite(s) for s in xa_steps) >= SHARE)
+    earlier = bool(he_steps) and bool(xa_steps) and float(np.median(he_steps)) < float(np.median(xa_steps))
+    claim.setup = claim.setup.replace("22 hidden", f"{shallow} hidden")
+    he_text, xa_text = ", ".join(_final_text(r) for r in he_runs), ", ".join(_final_text(r) for r in xa_runs)
+    claim.measured = (f"first step with test accuracy >= {STARTED_ACC}: He {_steps(he_steps)}, Xavier "
+                      f"{_steps(xa_steps)}; final test accuracy He {he_text}, Xavier {xa_text}")
+    claim.passed = both and earlier
+    return {"he_steps": he_steps, "xa_steps": xa_steps, "he_acc": he_text, "xa_acc": xa_text,
+            "earlier": earlier, "xa_peak": [_peak_acc(r) for r in xa_runs]}
+
+
+def _adam_claim(claim: Claim, cells: dict, deep: int, sgd_xavier: list[float]) -> dict:
+    """Adam trains the 30-layer Xavier net: final accuracy >= TRAINS_ACC in >= 2/3 of the seeds."""
+    adam_xa = [_final_acc(r) for r in cells.get(("adam", deep, "xavier_normal"), [])]
+    adam_he = [_final_acc(r) for r in cells.get(("adam", deep, "kaiming_normal"), [])]
+    claim.setup = claim.setup.replace("30 hidden", f"{deep} hidden")
+    claim.measured = (f"final test accuracy with Adam, Xavier: {_join(adam_xa)}"
+                      + (f"; He: {_join(adam_he)}" if adam_he else "")
+                      + f". With SGD + momentum Xavier ended at {_join(sgd_xavier)}")
+    claim.passed = bool(adam_xa) and fraction(a >= TRAINS_ACC for a in adam_xa) >= SHARE
+    return {"adam_xa": adam_xa, "adam_peak": [_peak_acc(r) for r in cells.get(("adam", deep, "xavier_normal"),
+                                                                                [])]}
+
+
+def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
+    runs = [r for r in runs if r.finished and r.metrics]
+    claims = [replace(c) for c in CLAIMS]
+    shortest = min((int(r.get("train.steps")) for r in runs), default=STEPS)
+    by_role: dict[str, list] = {"main": [], "long": [], "probe": []}
+    for run in runs:
+        by_role[role(run, shortest)].append(run)
+    cells = _cells(by_role["main"])
+    # a smoke sweep has one budget: the longer-budget rows then read the same runs (toy, decides nothing)
+    long_cells = _cells(by_role["long"]) if by_role["long"] else cells
+    depths = sorted({int(r.get("model.depth")) for r in by_role["main"]})
     shallow, deep = depths[0], depths[-1]
 
     def cell(optim, depth, init):
@@ -136,73 +246,87 @@ def analyse(runs, figures_dir: Path, smoke: bool = False) -> list[Claim]:
     claims[0].passed = ok if all(math.isfinite(r[2]) for r in rows) else None
     claims[0].figure = _plot_init(cells, depths, figures_dir)
 
-    # -- H1: 30 layers, SGD + momentum
-    he = [_final_acc(r) for r in cell("momentum", deep, "kaiming_normal")]
-    xa = [_final_acc(r) for r in cell("momentum", deep, "xavier_normal")]
-    claims[1].setup = claims[1].setup.replace("30 hidden", f"{deep} hidden")
-    he_peak = [_peak_acc(r) for r in cell("momentum", deep, "kaiming_normal")]
-    xa_peak = [_peak_acc(r) for r in cell("momentum", deep, "xavier_normal")]
-    claims[1].measured = (f"final test accuracy, He: {_join(he)}; Xavier: {_join(xa)}. Best over the logged "
-                          f"steps (not the criterion), He: {_join(he_peak)}; Xavier: {_join(xa_peak)}")
-    claims[1].passed = (bool(he) and bool(xa) and fraction(a >= TRAINS_ACC for a in he) >= SHARE
-                        and fraction(a <= STALLS_ACC for a in xa) >= SHARE)
+    # -- H1-H3 at the pre-registered budget, H4-H6 the same criteria at the longer one
+    h1 = _stall_claim(claims[1], cells, deep)
     claims[1].figure = _plot_training(cells, depths, "momentum", figures_dir, "he_vs_xavier_sgd",
                                       "SGD + momentum 0.9, lr 0.01")
-
-    # -- H2: 22 layers, both converge, He first
-    he_steps = [_first_step(r, STARTED_ACC) for r in cell("momentum", shallow, "kaiming_normal")]
-    xa_steps = [_first_step(r, STARTED_ACC) for r in cell("momentum", shallow, "xavier_normal")]
-    he_acc = [_final_acc(r) for r in cell("momentum", shallow, "kaiming_normal")]
-    xa_acc = [_final_acc(r) for r in cell("momentum", shallow, "xavier_normal")]
-    both = (bool(he_steps) and bool(xa_steps) and fraction(math.isfinite(s) for s in he_steps) >= SHARE
-            and fraction(math.isfinite(s) for s in xa_steps) >= SHARE)
-    earlier = bool(he_steps) and bool(xa_steps) and float(np.median(he_steps)) < float(np.median(xa_steps))
-    claims[2].setup = claims[2].setup.replace("22 hidden", f"{shallow} hidden")
-    claims[2].measured = (f"first step with test accuracy >= {STARTED_ACC}: He {_steps(he_steps)}, Xavier "
-                          f"{_steps(xa_steps)}; final test accuracy He {_join(he_acc)}, "
-                          f"Xavier {_join(xa_acc)}")
-    claims[2].passed = both and earlier
+    h2 = _converge_claim(claims[2], cells, shallow)
     claims[2].figure = claims[1].figure
-
-    # -- H3: Adam trains Xavier at 30 layers
-    adam_xa = [_final_acc(r) for r in cell("adam", deep, "xavier_normal")]
-    adam_he = [_final_acc(r) for r in cell("adam", deep, "kaiming_normal")]
-    claims[3].setup = claims[3].setup.replace("30 hidden", f"{deep} hidden")
-    claims[3].measured = (f"final test accuracy with Adam, Xavier: {_join(adam_xa)}; He: {_join(adam_he)}. "
-                          f"With SGD + momentum Xavier ended at {_join(xa)}")
-    claims[3].passed = bool(adam_xa) and fraction(a >= TRAINS_ACC for a in adam_xa) >= SHARE
+    h3 = _adam_claim(claims[3], cells, deep, h1["xa"])
     claims[3].figure = _plot_training(cells, depths, "adam", figures_dir, "he_vs_xavier_adam",
                                       "Adam, lr 1e-3")
+    h4 = _stall_claim(claims[4], long_cells, deep)
+    long_fig = _plot_training(long_cells, depths, "momentum", figures_dir, "he_vs_xavier_sgd_long",
+                              f"SGD + momentum 0.9, lr 0.01, {LONG_STEPS} steps", adam_cells=long_cells)
+    claims[4].figure = long_fig
+    h5 = _converge_claim(claims[5], long_cells, shallow)
+    claims[5].figure = long_fig
+    h6 = _adam_claim(claims[6], long_cells, deep, h4["xa"])
+    claims[6].figure = long_fig
+
+    # -- diagnostic (no claim): He at 30 layers with smaller SGD steps, the pre-registered budget
+    probe = {}
+    for run in by_role["probe"]:
+        probe.setdefault(float(run.get("optim.lr")), []).append(_final_acc(run))
+    probe_text = "; ".join(f"lr {lr:g}: {_join(v)} (>= {TRAINS_ACC} in {sum(a >= TRAINS_ACC for a in v)} of "
+                           f"{len(v)})" for lr, v in sorted(probe.items(), reverse=True))
 
     if smoke:
         mark_smoke(claims)
     else:
-        why = {0: "At 64 units the per-layer fluctuations of a relu net multiply over 20-30 layers; the "
-                  "measured ratio left the x/ 2 band around the infinite-width value.",
-               1: "See the figure: within 600 steps on the digits the 30-layer runs did not split into "
-                  "'He trains, Xavier stalls' in enough seeds.",
-               2: "The paper's 22-layer Xavier net converged after many ImageNet epochs; within our 600 "
-                  "steps it did not (or He was not earlier), see the figure.",
-               3: "Adam did not train the 30-layer Xavier net within 600 steps in enough seeds."}
-        if claims[1].passed is False and xa and max(xa_peak) <= STALLS_ACC and min(he_peak, default=0) > 0.3:
-            claims[1].note = (
-                f"Half of the claim holds: Xavier never left chance (best test accuracy {fmt(max(xa_peak))} "
-                f"over all logged steps, every seed). He trains, but slowly and unevenly at 30 x 64 with "
-                f"SGD + momentum at the paper's lr 0.01 (best {_join(he_peak)}, final {_join(he)}): it does "
-                f"not end at >= {TRAINS_ACC} in 2 of 3 seeds within 600 steps.")
-        if claims[2].passed is False and earlier:
-            claims[2].note = (
-                f"He starts earlier as the paper says (accuracy >= {STARTED_ACC} at steps "
-                f"{_steps(he_steps)}), but Xavier's 22-layer net, whose error only starts to fall late "
-                "in the run (see the figure), does not reach it within 600 steps in 2 of 3 seeds: "
-                "'both converge' needs a longer budget than ours.")
-        if claims[3].passed is False and adam_xa and min(adam_xa) > max(xa + [STALLS_ACC]):
-            claims[3].note = (
-                f"Adam does move the net SGD leaves at chance (final accuracy {_join(adam_xa)} vs "
-                f"{_join(xa)} with SGD + momentum), but not to >= {TRAINS_ACC} in 2 of 3 seeds within "
-                "600 steps.")
-        explain_failures(claims, why)
+        _diagnose(claims, h1, h2, h3, h4, h5, h6, probe_text)
     return claims
+
+
+def _diagnose(claims, h1, h2, h3, h4, h5, h6, probe_text) -> None:
+    """A diagnosis paragraph for each FAIL, written from this run's numbers; verdicts stay."""
+    longer = f"At {LONG_STEPS} steps (the longer-budget rows)"
+    probe = (f"the same 30-layer He nets at smaller rates and the same {STEPS} steps (a diagnostic, not a "
+             f"criterion) end at {probe_text or 'n/a'}")
+    unstable = (f"{len(h4['he_diverged'])} of {len(h4['he'])} He seeds diverged (at steps "
+                f"{', '.join(map(str, h4['he_diverged']))}), " if h4["he_diverged"] else "")
+    if claims[1].passed is False:
+        claims[1].note = (
+            f"Diagnosis. Xavier's half holds: best test accuracy over all logged steps {_join(h1['xa_peak'])}"
+            f" (chance 0.1). He trains but not steadily at lr {PAPER_LR} with momentum 0.9: best "
+            f"{_join(h1['he_peak'])}, final {h1['he_text']}, and the test loss rises by up to "
+            f"{_join(h1['he_rise'])} between two logged evaluations (25 steps apart). The start is as the "
+            "theory and the paper want (the gradient profile at init on the standardised digits matches the "
+            "theory, first row; biases start at 0 as in the paper). "
+            f"The step size is too large for these nets: {probe}. More steps at lr {PAPER_LR} do not cure it:"
+            f" {longer.lower()}, {unstable}He ends at {h4['he_text']} (best {_join(h4['he_peak'])}), while "
+            "Xavier "
+            f"is still at chance ({_join(h4['xa_peak'])} at best).")
+    if claims[2].passed is False:
+        claims[2].note = (
+            f"Diagnosis. He starts earlier, as the paper says (accuracy >= {STARTED_ACC} at steps "
+            f"{_steps(h2['he_steps'])}); Xavier's 22-layer net (forward signal scaled by 2^-10.5 at init) "
+            f"stays near chance for most of the {STEPS} steps (best {_join(h2['xa_peak'])}): the budget is "
+            f"short. {longer}: Xavier reaches {STARTED_ACC} at steps {_steps(h5['xa_steps'])} and He at "
+            f"{_steps(h5['he_steps'])}; final accuracy Xavier {h5['xa_acc']}, He {h5['he_acc']}."
+            if h2["earlier"] else
+            "Diagnosis. He does not reach 0.5 earlier than Xavier here, see the figure.")
+    if claims[3].passed is False:
+        claims[3].note = (
+            f"Diagnosis. Adam moves the net that SGD + momentum leaves at chance (final "
+            f"{_join(h3['adam_xa'])}, best {_join(h3['adam_peak'])}, vs {_join(h1['xa'])} with SGD), but "
+            f"{STEPS} steps are too few to reach {TRAINS_ACC} in 2 of 3 seeds. {longer}: Adam's Xavier net "
+            f"ends at {_join(h6['adam_xa'])}.")
+    if claims[4].passed is False:
+        claims[4].note = (
+            f"Diagnosis. Xavier's stall is robust: best {_join(h4['xa_peak'])} over all {LONG_STEPS} steps. "
+            f"He does not settle at lr {PAPER_LR} with momentum 0.9 within {LONG_STEPS} steps: {unstable}"
+            f"final {h4['he_text']} after best values {_join(h4['he_peak'])}, the test loss jumping "
+            f"by up to {_join(h4['he_rise'])} between evaluations 100 steps apart. The evidence points at "
+            f"the step size rather than the budget: {probe}. (The paper's lr 0.01 was for ImageNet-scale "
+            "conv nets; it does not transfer to 30 x 64 relu layers on the digits.)")
+    for index in (5, 6):
+        if claims[index].passed is False:
+            claims[index].note = ("Diagnosis. The longer budget does not rescue this claim: see the measured "
+                                  "values, the figure and the diagnosis under the pre-registered row.")
+    explain_failures(claims, {0: "At 64 units the per-layer fluctuations of a relu net multiply over 20-30 "
+                                 "layers; the measured ratio left the x/ 2 band around the infinite-width "
+                                 "value."})
 
 
 def _join(values) -> str:
@@ -240,20 +364,27 @@ def _plot_init(cells, depths, figures_dir) -> str:
     return save_figure(fig, figure_path(figures_dir, "he_vs_xavier_init"))
 
 
-def _plot_training(cells, depths, optim, figures_dir, name, title) -> str:
+def _plot_training(cells, depths, optim, figures_dir, name, title, adam_cells=None) -> str:
+    """Test error against steps per depth; with ``adam_cells`` the Adam Xavier runs join the deepest panel."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 3.8), squeeze=False, sharey=True)
     for ax, depth in zip(axes[0], depths, strict=True):
-        for init in INIT_LABEL:
-            group = cells.get((optim, depth, init), [])
+        lines = [(cells.get((optim, depth, init), []), COLORS[init], f"{INIT_LABEL[init]} (mean)")
+                 for init in INIT_LABEL]
+        if adam_cells is not None and depth == depths[-1]:
+            lines.append((adam_cells.get(("adam", depth, "xavier_normal"), []), "tab:purple",
+                          "Xavier, Adam lr 1e-3 (mean)"))
+        for group, color, label in lines:
             curves = [eval_series(r, "test/acc") for r in group]
             if not curves:
                 continue
             n = min(len(c[1]) for c in curves)
             values = np.array([1 - c[1][:n] for c in curves])
             steps = curves[0][0][:n]
-            ax.plot(steps, values.mean(0), color=COLORS[init], label=f"{INIT_LABEL[init]} (mean)")
-            ax.fill_between(steps, values.min(0), values.max(0), color=COLORS[init], alpha=0.2)
+            if any(r.status != "completed" for r in group):
+                label += ", up to a seed's divergence"
+            ax.plot(steps, values.mean(0), color=color, label=label)
+            ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2)
         ax.axhline(0.9, color="k", ls=":", lw=1, label="chance (0.9)")
         ax.set_ylim(0, 1)
         ax.set_xlabel("optimiser steps taken (minibatch 64)")

@@ -7,6 +7,13 @@ Two measurements:
   L = 1..32 layers, against the Lyapunov spectrum of products of Gaussian matrices;
 - the training time (steps to a test-loss criterion) of deep linear nets on digits against depth,
   from the preset's sweep (``conf/experiment/orthogonal.yaml``).
+
+A row added after the first report (criterion written before it ran): the Gaussian spread against the
+finite-depth law instead of the asymptotic one, a Monte Carlo of products of L independent N(0, 1/64)
+matrices drawn with numpy (``monte_carlo_iqr``, no engine code), at every L with the first row's 25%
+band. The Lyapunov law L x IQR(mu) is the L -> infinity limit; at finite L each ln sigma_i also
+fluctuates by O(sqrt(L)), which widens the spread by an O(1) amount (the pre-registered row's FAIL at
+L = 8 is that offset).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ SPREAD_MIN_LAYERS = 8  # the Lyapunov prediction is asymptotic in L: checked fro
 SPREAD_TOL = 0.25  # relative
 DEPTH_INDEPENDENT_FACTOR = 2.0
 GAUSSIAN_SLOWDOWN = 3.0
+MC_DRAWS = 200  # Monte Carlo products per depth for the finite-depth reference
+MC_SEED = 12345
 
 PAPER = "Saxe, McClelland & Ganguli 2013 (ICLR 2014), Sec. 3-4"
 
@@ -75,7 +84,19 @@ GAUSSIAN_TIME = Claim(
     criterion=f"Median training time at L = 32 >= {GAUSSIAN_SLOWDOWN:g} x that at L = 2 (a run that "
               "never reaches the criterion counts as the 600-step budget).",
 )
-CLAIMS = [ISOMETRY, GAUSSIAN_SPREAD, ORTHO_TIME, GAUSSIAN_TIME]
+GAUSSIAN_SPREAD_FINITE = Claim(
+    preset=NAME, paper=PAPER + " (scaled Gaussian init, finite-depth reference; row added after the "
+                               "first report)",
+    setup=f"The measured spectra of the second row against a Monte Carlo of the exact finite-depth law: "
+          f"{MC_DRAWS} products of L independent {SPECTRUM_WIDTH} x {SPECTRUM_WIDTH} N(0, 1/{SPECTRUM_WIDTH})"
+          " matrices per L drawn with numpy (no engine code), IQR of ln sigma of each.",
+    paper_says="Scaled Gaussian init preserves norms only on average: the singular values of the "
+               "end-to-end map spread with depth (so most directions are strongly contracted).",
+    criterion=f"For every L the median IQR of ln sigma over the seeds lies within {SPREAD_TOL:.0%} of the "
+              f"median IQR over the {MC_DRAWS} Monte Carlo products (the second row's band, at every depth "
+              "instead of L >= 8, against the finite-L law instead of L x IQR(mu)).",
+)
+CLAIMS = [ISOMETRY, GAUSSIAN_SPREAD, GAUSSIAN_SPREAD_FINITE, ORTHO_TIME, GAUSSIAN_TIME]
 
 
 # ---------------------------------------------------------------- Jacobian spectra at init
@@ -106,6 +127,22 @@ def spectra(layers=SPECTRUM_LAYERS, seeds=SPECTRUM_SEEDS) -> dict[str, dict[int,
             for init in ("orthogonal", "lecun_normal")}
 
 
+def monte_carlo_iqr(layers, width: int = SPECTRUM_WIDTH, draws: int = MC_DRAWS,
+                    seed: int = MC_SEED) -> dict[int, np.ndarray]:
+    """For each L in ``layers``: the IQR of ln sigma of ``draws`` products W_L ... W_1 of independent
+    width x width matrices with N(0, 1/width) entries (numpy only; prefix products of one chain per draw)."""
+    rng = np.random.default_rng(seed)
+    wanted = set(layers)
+    out: dict[int, list[float]] = {n: [] for n in layers}
+    for _ in range(draws):
+        product = np.eye(width)
+        for n in range(1, max(layers) + 1):
+            product = rng.normal(0.0, width ** -0.5, (width, width)) @ product
+            if n in wanted:
+                out[n].append(iqr(np.log(np.linalg.svd(product, compute_uv=False))))
+    return {n: np.array(v) for n, v in out.items()}
+
+
 # ---------------------------------------------------------------- training time
 def training_time(run: Run, criterion: float) -> float:
     """First logged step with test loss <= criterion; inf if never (or the run did not finish)."""
@@ -134,6 +171,10 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     checked = [n for n in layers if n >= SPREAD_MIN_LAYERS]
     close = all(abs(measured_iqr[n] / predicted_iqr[n] - 1) <= SPREAD_TOL for n in checked)
     spread_ok = grows and close and bool(checked)
+    mc = monte_carlo_iqr(layers, draws=20 if smoke else MC_DRAWS)
+    mc_iqr = {n: float(np.median(v)) for n, v in mc.items()}
+    mc_off = {n: measured_iqr[n] / mc_iqr[n] - 1 for n in layers}
+    finite_ok = all(abs(v) <= SPREAD_TOL for v in mc_off.values())
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = np.array(layers, dtype=float)
@@ -170,6 +211,8 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
                     label=f"criterion band +-{SPREAD_TOL:.0%} (checked from L = {SPREAD_MIN_LAYERS})")
     ax.plot(x, [measured_iqr[n] for n in layers], "o-", color="tab:blue",
             label="measured: median over seeds")
+    ax.plot(x, [mc_iqr[n] for n in layers], "s--", color="tab:orange",
+            label=f"finite-L law: median of {len(mc[layers[0]])} Monte Carlo products")
     for n in layers:
         ax.scatter([n] * len(per_seed[n]), per_seed[n], color="tab:blue", s=10, alpha=0.5)
     ax.axvspan(min(layers) / 1.2, SPREAD_MIN_LAYERS / 1.2, color="gray", alpha=0.08,
@@ -185,6 +228,7 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
     spread_fig = save_figure(fig, figure_path(figures_dir, "orthogonal_gaussian_spread"))
     off = {n: measured_iqr[n] / predicted_iqr[n] - 1 for n in layers}
     outside = [n for n in checked if abs(off[n]) > SPREAD_TOL]
+    excess = [measured_iqr[n] - predicted_iqr[n] for n in layers]
 
     claims.append(replace(
         ISOMETRY, passed=iso_ok, figure=spectrum_fig,
@@ -198,14 +242,30 @@ def analyse(runs: list[Run], figures_dir: Path, smoke: bool = False) -> list[Cla
         + f"; grows at every step: {grows}. Smallest sigma seen: {smallest:.1e}.",
         note="" if spread_ok else (
             "The spread does not grow at every depth step." if not grows else
-            "Outside the band at L = " + ", ".join(f"{n} ({off[n]:+.0%})" for n in outside)
+            "Diagnosis. Outside the band at L = " + ", ".join(f"{n} ({off[n]:+.0%})" for n in outside)
             + "; relative deviation at " + ", ".join(f"L = {n}: {off[n]:+.0%}" for n in checked)
-            + ". The measured spread carries a finite-depth excess of about "
-            + f"{np.median([measured_iqr[n] - predicted_iqr[n] for n in layers]):.1f} nats over the "
-            "asymptotic law L x IQR(mu), which the pre-registered tolerance does not absorb at the "
-            "smallest checked depth: the law holds asymptotically, our start at L = "
-            f"{SPREAD_MIN_LAYERS} was too early."),
+            + ". In nats the excess over L x IQR(mu) is "
+            + ", ".join(f"L={n}: {measured_iqr[n] - predicted_iqr[n]:+.2f}" for n in layers)
+            + f": an offset of order one ({min(excess):.1f}-{max(excess):.1f} nats at every L), "
+            "not a share of L x IQR(mu), so its relative size falls like 1/L. The exact finite-L law has "
+            "it too: the Monte Carlo of Gaussian products (next row) exceeds "
+            "L x IQR(mu) by " + ", ".join(f"L={n}: {mc_iqr[n] - predicted_iqr[n]:+.2f}" for n in layers)
+            + ", and the measured spread lies within "
+            + f"{max(abs(v) for v in mc_off.values()):.0%} of it at every L. The engine's spectra are "
+            "right; the asymptotic law is the wrong yardstick at L = 8, where the offset is still "
+            f"{(mc_iqr[8] - predicted_iqr[8]) / predicted_iqr[8]:+.0%} of it."
+            if 8 in layers else "The measured spread misses the asymptotic law."),
         details={"iqr": measured_iqr, "predicted": predicted_iqr}))
+
+    claims.append(replace(
+        GAUSSIAN_SPREAD_FINITE, passed=finite_ok, figure=spread_fig,
+        measured="IQR of ln sigma (median of seeds) vs Monte Carlo median (its 10-90% range): " + ", ".join(
+            f"L={n}: {measured_iqr[n]:.2f} vs {mc_iqr[n]:.2f} ({np.percentile(mc[n], 10):.2f}-"
+            f"{np.percentile(mc[n], 90):.2f}, {mc_off[n]:+.0%})" for n in layers) + ".",
+        note="" if finite_ok else "Diagnosis. The measured spread is outside the band around the finite-L "
+             "Monte Carlo at L = "
+             + ", ".join(f"{n} ({mc_off[n]:+.0%})" for n in layers if abs(mc_off[n]) > SPREAD_TOL) + ".",
+        details={"iqr": measured_iqr, "monte_carlo": mc_iqr}))
 
     # --- training time against depth
     criterion = float(runs[0].get("analysis.loss_criterion", 0.5)) if runs else 0.5

@@ -23,8 +23,17 @@ TORCH_ACTIVATIONS = {
     "softsign": lambda: nn.Softsign(),
 }
 
+
+class LogisticSumSquaredError(nn.Module):
+    """The PDP error measure on logits: 1/2 sum of (y - sigmoid(z))^2 (per replica with leading axes)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((torch.sigmoid(logits) - target) ** 2).sum(dim=(-2, -1))
+
+
 TORCH_LOSSES = {"mse": nn.MSELoss, "cross_entropy": nn.CrossEntropyLoss,
-                "bce_with_logits": nn.BCEWithLogitsLoss}
+                "bce_with_logits": nn.BCEWithLogitsLoss,
+                "logistic_sum_squared_error": LogisticSumSquaredError}
 
 TORCH_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                     "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
