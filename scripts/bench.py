@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from testbed.engine import MLP, Backend, MLPSpec, get_optimizer, init_params, init_replica_params  # noqa: E402
 from testbed.reference import build_torch_loss, build_torch_mlp, build_torch_optimizer  # noqa: E402
 from testbed.theory.backward_cost import mlp_flops  # noqa: E402
+from testbed.training import ReplicaTrainer, TorchTrainer, manual_step, replica_block, torch_step  # noqa: E402
 
 Shape = tuple[int, int, int]  # depth, width, batch
 SHAPES: list[Shape] = [(4, 64, 32), (8, 512, 256), (20, 1024, 512), (50, 256, 128)]
@@ -191,13 +192,11 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
     x_np, y_np = rng.normal(size=(batch, IN_FEATURES)), rng.integers(0, CLASSES, batch)
     x, y = be.asarray(x_np), be.labels(y_np)
 
-    def manual_step():  # as the app's steps that log nothing: plain SGD fuses its update (MLP.sgd_step)
-        net.sgd_step(x, y, opt.fused_lr())
-        opt.count_step()
+    def fused_step():  # as the app's steps that log nothing: plain SGD fuses its update (MLP.sgd_step)
+        manual_step(net, opt, x, y, fuse_sgd=True)
 
-    def manual_unfused_step():  # backward forms every gradient, then the update (any other optimiser)
-        _, grads = net.loss_and_grads(x, y, record=False)
-        opt.step(net.params, grads)
+    def unfused_step():  # backward forms every gradient, then the update (any other optimiser)
+        manual_step(net, opt, x, y)
 
     def manual_forward():
         net.loss(x, y)
@@ -211,11 +210,9 @@ def build(depth: int, width: int, batch: int, dtype: str, device: str, backend: 
         yt = torch.as_tensor(y_np).to(device)
 
         def autograd_step():
-            torch_opt.zero_grad(set_to_none=True)
-            loss_fn(model(xt), yt).backward()
-            torch_opt.step()
+            torch_step(model, torch_opt, loss_fn, xt, yt)
 
-    return Bench(spec, net, opt, x, y, manual_step, manual_forward, autograd_step, manual_unfused_step)
+    return Bench(spec, net, opt, x, y, fused_step, manual_forward, autograd_step, unfused_step)
 
 
 def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Bench:
@@ -231,8 +228,7 @@ def build_stacked(k: int, depth: int, width: int, batch: int, device: str) -> Be
     y = be.labels(rng.integers(0, CLASSES, (k, batch)))
 
     def stacked_step():  # as the app's steps that log nothing: the update fused into backward
-        net.sgd_step(x, y, opt.fused_lr())
-        opt.count_step()
+        manual_step(net, opt, x, y, fuse_sgd=True)
 
     return Bench(spec, net, opt, x, y, stacked_step, lambda: net.loss(x, y), None)
 
@@ -245,13 +241,10 @@ def replica_data(batch: int, seed: int = 0):
 
 
 def replica_steps(k: int, depth: int, width: int, batch: int, device: str):
-    """One step of K replicas as ``train.replicas=K`` trains them (the app's ReplicaTrainer, float32,
-    SGD, in blocks of ``replica_block``), and one step of a loop over min(K, 16) of the app's torch
-    autograd trainers (``engine=torch``), each replica on its own minibatch order; returns (stacked
-    step, loop trainers, loop step, blocks)."""
-    from testbed.app.replicas import ReplicaTrainer, replica_block
-    from testbed.app.trainers import TorchTrainer
-
+    """One step of K replicas as ``train.replicas=K`` trains them (``testbed.training``'s
+    ReplicaTrainer, float32, SGD, in blocks of ``replica_block``), and one step of a loop over
+    min(K, 16) of the torch autograd trainers ``engine=torch`` runs, each replica on its own
+    minibatch order; returns (stacked step, loop trainers, loop step, blocks)."""
     spec = MLPSpec(IN_FEATURES, CLASSES, depth=depth, width=width, activation="relu", init="kaiming_normal")
     be = Backend("torch", "float32", device)
     data = replica_data(batch)
@@ -479,16 +472,20 @@ def graph_row(GraphedStep, capture, shape: Shape, k: int, s: Settings) -> str:
     # equality: the same initial parameters, 20 steps each way
     eager, graphed = make(), make()
     initial = {key: value.clone() for key, value in eager.net.params.items()}
-    step = GraphedStep(graphed.net, graphed.opt, capture=capture)
+    replay = GraphedStep(graphed.net, graphed.opt, capture=capture)
+
+    def graphed_step():  # the training step with cuda_graph, fused as the eager one
+        manual_step(graphed.net, graphed.opt, graphed.x, graphed.y, fuse_sgd=True, graphed=replay)
+
     for _ in range(20):  # the eager step the graph captures: the update fused into backward
         eager.manual_step()
-        step(graphed.x, graphed.y, fuse_sgd=True)
+        graphed_step()
     sync(s.device)
     difference = max_relative_difference(graphed.net.params, eager.net.params)
     weights = {key: value for key, value in eager.net.params.items() if key.startswith("W")}
     moved = max_relative_difference(initial, weights)  # what a missed update would show
     # timing (the parameters keep training; the speed does not depend on their values)
-    fns = {"eager": eager.manual_step, "graphed": lambda: step(graphed.x, graphed.y, fuse_sgd=True)}
+    fns = {"eager": eager.manual_step, "graphed": graphed_step}
     if k == 1:
         fns["autograd"] = eager.autograd_step
     t, _ = interleaved(fns, s.device, s.repeats, s.budget_s)

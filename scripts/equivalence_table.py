@@ -30,6 +30,7 @@ from helpers import (  # noqa: E402
     finite_difference_errors,
     network_finite_difference_errors,
     op_case_kwargs,
+    oracle_errors,
     run_trajectory,
 )
 
@@ -116,6 +117,56 @@ def networks(table: Table) -> None:
                         table.add("networks", backend.device, backend.dtype, errors, tol)
 
 
+class Oracle:
+    """Each side's gradient error against the exact one (the engine in np.longdouble), in units of
+    its rounding-error bound (testbed.reference.discrepancy): the largest, and which side is closer
+    to the truth how often."""
+
+    def __init__(self):
+        self.worst: dict[tuple[str, str], float] = defaultdict(float)
+        self.closer: dict[tuple[str, str, str], int] = defaultdict(int)
+
+    def add(self, backend, spec: MLPSpec) -> None:
+        for engine, reference, bound in oracle_errors(spec, backend).values():
+            if bound == 0:  # nothing entered this gradient (dead units): exactly 0 on every side
+                continue
+            side = f"engine ({backend.name} backend)"
+            self.worst[side, backend.dtype] = max(self.worst[side, backend.dtype], engine / bound)
+            self.worst["torch", backend.dtype] = max(self.worst["torch", backend.dtype], reference / bound)
+            winner = "engine" if engine < reference else "torch" if reference < engine else "tie"
+            self.closer[backend.name, backend.dtype, winner] += 1
+
+    def markdown(self) -> str:
+        lines = ["| side | float64: max error / bound | float32: max error / bound |", "|---|---|---|"]
+        for side in sorted({side for side, _ in self.worst}):
+            worst = [f"{self.worst[side, dtype]:.2g}" for dtype in ("float64", "float32")]
+            lines.append(f"| {side} | {worst[0]} | {worst[1]} |")
+        lines.append("")
+        for name in ("numpy", "torch"):
+            for dtype in ("float64", "float32"):
+                won, tie, lost = (self.closer[name, dtype, winner] for winner in ("engine", "tie", "torch"))
+                lines.append(f"- {name} backend, {dtype}: of {won + tie + lost} parameter gradients the "
+                             f"engine's is closer to the exact one for {won}, torch's for {lost}, "
+                             f"equally close for {tie}")
+        return "\n".join(lines)
+
+
+def oracle(found: Oracle) -> None:
+    """The test_networks grid (cpu; activations scipy can evaluate in longdouble), each side against
+    the exact gradient."""
+    for backend in backends(devices=["cpu"]):
+        for activation in ACTIVATION_NAMES:
+            if activation == "gelu":  # scipy's erf has no longdouble loop
+                continue
+            for loss in LOSSES:
+                for init in WEIGHT_INITS:
+                    for depth in (1, 3, 8):
+                        found.add(backend, MLPSpec(in_features=4, out_features=3, depth=depth, width=7,
+                                                   activation=activation, init=init, loss=loss,
+                                                   activation_params=ACTIVATION_PARAMS.get(activation, {}),
+                                                   **BIAS_INIT[depth]))
+
+
 def trajectories(table: Table) -> None:
     for backend in backends(dtypes=("float64",)) + backends(names=("torch",), dtypes=("float32",)):
         for case in TRAJECTORIES:
@@ -142,8 +193,16 @@ def main() -> None:
         began = time.perf_counter()
         run(table)
         print(f"{name}: {time.perf_counter() - began:.1f} s", file=sys.stderr)
+    began = time.perf_counter()
+    found = Oracle()
+    oracle(found)
+    print(f"oracle: {time.perf_counter() - began:.1f} s", file=sys.stderr)
     print(table.markdown(["ops forward", "ops backward", "finite differences: ops",
                           "finite differences: networks", "networks", "trajectories (100 steps)"]))
+    print("\n**Against the exact gradient** (the engine in np.longdouble, 64-bit significand), each "
+          "side's error in units of its rounding-error bound (`testbed.reference.discrepancy`; <= 1 "
+          "for a correct implementation), over the networks grid on cpu without exact GELU:\n")
+    print(found.markdown())
     print(f"\nrelative error = ||a - b|| / max(||b||, tiny) per tensor; numpy and torch backends "
           f"pooled; {time.perf_counter() - start:.0f} s; torch {helpers.torch.__version__}.")
 

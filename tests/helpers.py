@@ -45,6 +45,7 @@ from testbed.reference import (
     relative_error,
     torch_named_params,
 )
+from testbed.reference.discrepancy import gradient_error_bounds
 from testbed.reference.model import torch_dtype
 from testbed.tracking.wandb_logger import NullLogger
 
@@ -358,8 +359,8 @@ def network_data(spec: MLPSpec, rng: np.random.Generator, batch: int):
     """Inputs (batch, in_features) and targets of the spec's loss, as float64/int64 numpy."""
     x = rng.normal(size=(batch, spec.in_features)) * 1.1 + 0.2
     output_shape = np.empty((batch, spec.out_features))
-    target = {"mse": regression_target, "cross_entropy": labels_target,
-              "bce_with_logits": probability_target}[spec.loss](rng, output_shape)
+    target = {"mse": regression_target, "cross_entropy": labels_target, "bce_with_logits": probability_target,
+              "logistic_sum_squared_error": probability_target}[spec.loss](rng, output_shape)
     return x, target
 
 
@@ -682,3 +683,34 @@ class KillAt(NullLogger):
     def log(self, metrics, step):
         if step >= self.step:
             raise Killed
+
+
+# ---------------------------------------------------------------------------------------------
+# The third oracle: the exact gradient, from the engine in extended precision
+# ---------------------------------------------------------------------------------------------
+
+ORACLE = Backend("numpy", "longdouble")
+
+
+def oracle_errors(spec: MLPSpec, backend: Backend, seed: int = 0,
+                  batch: int = 9) -> dict[str, tuple[float, float, float]]:
+    """Per parameter gradient: (the engine's error, torch's error, the bound of one side), the
+    errors ||g - g_exact|| against the engine's gradient in extended precision (``ORACLE``, exact
+    at the scale of float64 rounding), the bound ``gradient_error_bounds`` in the backend's dtype.
+    Weights and data are drawn in float64 and rounded to the dtype first: all three compute the
+    gradient of the same numbers."""
+    rounded = {k: to_numpy(backend.asarray(v)).astype(np.float64) for k, v in init_params(spec, seed).items()}
+    x, target = network_data(spec, np.random.default_rng(seed + 1), batch)
+    x = to_numpy(backend.asarray(x)).astype(np.float64)
+    exact = engine_network_gradients(spec, rounded, x, target, ORACLE)
+    ours = engine_network_gradients(spec, rounded, x, target, backend)
+    theirs = reference_network_gradients(spec, rounded, x, target, backend)
+    labels = backend.labels(target) if spec.loss == "cross_entropy" else backend.asarray(target)
+    bounds = gradient_error_bounds(spec, {k: backend.asarray(v) for k, v in rounded.items()},
+                                   backend.asarray(x), labels)
+
+    def error(found, key: str) -> float:
+        difference = to_numpy(found[f"d{key}"]).astype(np.longdouble) - exact[f"d{key}"]
+        return float(np.linalg.norm(difference.astype(np.float64)))
+
+    return {key: (error(ours, key), error(theirs, key), bound) for key, bound in bounds.items()}

@@ -42,11 +42,13 @@ def test_single_run_writes_the_three_files(tmp_path):
             for key in ("grad_norm/W", "grad_norm/s", "act/std", "act/saturation", "act/mean", "preact/std"):
                 assert f"{key}/L{layer}" in row
         for key in ("train/loss", "test/loss", "test/acc", "cmp/loss_abs_diff", "cmp/grad_max_rel_err",
-                    "cmp/param_max_rel_err"):
+                    "cmp/param_max_rel_err", "cmp/grad_err_bound_ratio"):
             assert key in row
-        # float64 side by side: the hand-written engine equals torch to rounding
+        # float64 side by side: the hand-written engine equals torch to rounding, within its bound
         assert row["cmp/grad_max_rel_err"] < 1e-10 and row["cmp/param_max_rel_err"] < 1e-10
+        assert 0 <= row["cmp/grad_err_bound_ratio"] <= 1
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cmp/grad_err_bound_ratio_max"] == max(r["cmp/grad_err_bound_ratio"] for r in rows)
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert 0 <= summary["final/test_acc"] <= 1 and summary["wall_s"] > 0
     assert "depth: 2" in (run_dir / "config.yaml").read_text()

@@ -92,6 +92,15 @@ def test_importing_the_engine_does_not_import_the_reference():
     assert result.stdout.strip() == "[]"
 
 
+def test_importing_training_imports_nothing_of_the_app():
+    """``testbed.training`` sits below the app: no app module, config, tracking or data loading."""
+    code = ("import sys, testbed.training; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('hydra', 'omegaconf', 'wandb', 'yaml') or m.startswith(('testbed.app', 'testbed.tracking', "
+            "'testbed.data', 'testbed.experiments'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def engine_tensors(value, where: str = ""):
     """Every torch tensor inside ``value`` (dicts, lists, tuples), with where it was found."""
     if isinstance(value, torch.Tensor):

@@ -31,7 +31,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from testbed.app.preflight import preflight
 from testbed.app.schema import ConfigError, validate
-from testbed.app.trainers import ManualTrainer
 from testbed.engine import (
     MLP,
     OPTIMIZERS,
@@ -45,6 +44,7 @@ from testbed.engine import (
 from testbed.engine.cuda_graph import GraphedStep
 from testbed.tracking.files import read_metrics
 from testbed.tracking.wandb_logger import NullLogger
+from testbed.training import ManualTrainer
 
 STEPS = 30
 BATCH, SHORT = 16, 11  # every 7th batch is short: a second shape, a second graph
@@ -473,13 +473,18 @@ def test_cuda_graph_configs_that_can_run_pass_validate(overrides):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_cuda_graph_without_cuda_stops_before_any_work():
+    from testbed.app.run import manual_backend
+
     for device in ("auto", "cuda"):
         with pytest.raises(ConfigError) as error:
             preflight(["engine.cuda_graph=true", f"device={device}"])
         assert "\n" not in str(error.value) and "no CUDA device" in str(error.value)
+    cfg = compose_config("engine.cuda_graph=true", "engine.backend=torch", "model.dtype=float64")
     with pytest.raises(ConfigError, match=r"^engine.cuda_graph=True is not allowed here") as error:
-        make_trainer(Backend("torch", "float64", "cpu"), "cuda")
+        manual_backend(cfg, "cpu")  # what the app builds its trainers on: refused before any trainer
     assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="cuda_graph=True needs the torch backend on a CUDA device"):
+        make_trainer(Backend("torch", "float64", "cpu"), "cuda")  # the trainer refuses it too
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -598,7 +603,7 @@ def make_stacked(backend: Backend, mode: str | None, update_rule: str = "adam_cl
     """A StackedTrainer of K replicas (``TRAINER_UPDATES[update_rule]``, per-replica lrs); with
     ``mode`` its updating steps go through a GraphedStep as with cuda_graph=True (on CUDA:
     cuda_graph=True itself)."""
-    from testbed.app.replicas import StackedTrainer
+    from testbed.training import StackedTrainer
 
     name, hyper, clip_norm = TRAINER_UPDATES[update_rule]
     initial = init_replica_params(SPEC, list(range(K)))

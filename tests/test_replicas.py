@@ -73,7 +73,7 @@ def test_each_replica_equals_its_configuration_run_alone(backend, name, hyper, b
 
 def make_replica_trainer(backend: str, block: int, count: int = 5):
     """K replicas (Adam, per-replica lrs, clipping) in blocks of ``block``, on the same data."""
-    from testbed.app.replicas import ReplicaTrainer
+    from testbed.training import ReplicaTrainer
 
     spec = MLPSpec(6, 4, depth=3, width=9, activation="tanh")
     seeds = list(range(count))
@@ -141,7 +141,7 @@ def test_a_stack_in_blocks_trains_as_one_stack(backend):
 
 
 def test_replica_block_keeps_a_cpu_blocks_largest_matrix_within_its_budget():
-    from testbed.app.replicas import BLOCK_BYTES, replica_block
+    from testbed.training.replicas import BLOCK_BYTES, replica_block
 
     for depth, width, batch, dtype in [(4, 64, 32, "float32"), (20, 256, 128, "float32"),
                                        (8, 512, 256, "float64"), (2, 4096, 4096, "float32")]:

@@ -61,31 +61,7 @@ def load_checkpoint(run_dir: Path) -> dict | None:
     return state if isinstance(state, dict) and state.get("format") == FORMAT else None
 
 
-# -- arrays and generator states -------------------------------------------------------------------
-
-def to_tensors(tree: Any) -> Any:
-    """numpy arrays (and numpy scalars) and tensors -> CPU tensors, bit for bit; containers kept."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu().clone()
-    if isinstance(tree, np.ndarray | np.generic):
-        return torch.from_numpy(np.array(tree))
-    if isinstance(tree, dict):
-        return {k: to_tensors(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(to_tensors(v) for v in tree)
-    return tree
-
-
-def map_tensors(tree: Any, convert) -> Any:
-    """``convert`` applied to every tensor in a tree of dicts, lists and tuples."""
-    if isinstance(tree, torch.Tensor):
-        return convert(tree)
-    if isinstance(tree, dict):
-        return {k: map_tensors(v, convert) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(map_tensors(v, convert) for v in tree)
-    return tree
-
+# -- generator states ------------------------------------------------------------------------------
 
 def rng_state(device: str) -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

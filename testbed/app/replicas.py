@@ -5,9 +5,12 @@ activation and dtype, the data, the batch size, the optimiser and its other hype
 number of steps) and may differ in the four *batchable* keys: ``seed`` (initial weights and
 minibatch order), ``optim.lr``, ``model.init`` and ``model.init_scale``. Their parameters are
 stacked on a leading replica axis (``testbed.engine.init_replica_params``) and every layer runs as
-one batched matmul over the K replicas; the optimiser takes one learning rate per replica. On CPU a
+one batched matmul over the K replicas; the optimiser takes one learning rate per replica
+(``testbed.training.replicas``: the stacked trainer, whose step is a single run's). On CPU a
 large stack runs as consecutive blocks of replicas (``train.replica_block``; by default as many as
-keep a block's largest matrix within 4 MiB, see ``replica_block``), each a stack of its own.
+keep a block's largest matrix within 4 MiB, see ``testbed.training.replicas.replica_block``), each a
+stack of its own. This module is the app's side: the config, the loop, the replicas' folders,
+checkpoints and W&B runs.
 
 Replica k equals the same configuration run alone (``testbed.app.run.train``): the same
 minibatches (``BatchSampler(n, batch, seed=seed_k)``), the same metrics rows at the same steps, the
@@ -23,8 +26,8 @@ training and replayed into its own run when training ends; its files are written
 
 With ``engine=both`` the torch reference is batched too: ``torch.func.vmap`` over
 ``functional_call`` gives every replica's gradients in one call, and each replica's own
-``torch.optim`` optimiser applies them. ``engine=torch`` alone is not batched (the sweeper runs
-such points one job each).
+``torch.optim`` optimiser applies them (``torch_clip_and_update``, the end of ``torch_step``).
+``engine=torch`` alone is not batched (the sweeper runs such points one job each).
 
 With ``train.checkpoint_every=N`` the job keeps one checkpoint for the whole stack in its own
 folder (not the replicas'); a job stopped from outside and started again in the same folder (a
@@ -58,15 +61,16 @@ from testbed.app.checkpoint import (
     config_dict,
     config_differences,
     load_checkpoint,
-    map_tensors,
     plan_run,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    to_tensors,
 )
 from testbed.app.run import (
+    CMP_KEYS,
     _is_divergent,
+    compared_text,
+    manual_backend,
     model_spec,
     optimizer_hyper,
     resolve_device,
@@ -75,11 +79,10 @@ from testbed.app.run import (
     write_summary,
 )
 from testbed.app.schema import ConfigError, _check, _finite
-from testbed.app.trainers import ManualTrainer, accuracy
 from testbed.data import BatchSampler, DataError, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
-from testbed.engine import Backend, MLPSpec, init_replica_params
-from testbed.engine.backend import to_numpy
+from testbed.engine import MLPSpec, init_replica_params
+from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
 from testbed.reference.lockstep import relative_error
 from testbed.reference.model import (
     build_torch_loss,
@@ -89,6 +92,9 @@ from testbed.reference.model import (
 )
 from testbed.tracking.files import MetricsFile, atomic_write_json, atomic_write_text, read_metrics
 from testbed.tracking.wandb_logger import open_logger
+from testbed.training.replicas import ReplicaTrainer, replica_block
+from testbed.training.state import to_tensors
+from testbed.training.step import torch_clip_and_update
 
 log = logging.getLogger("testbed")
 
@@ -98,9 +104,6 @@ BATCHABLE = ("seed", "optim.lr", "model.init", "model.init_scale")
 REPLICA_DEFAULTS = {"replicas": 1, "replica_seeds": [], "replica_lrs": [], "replica_inits": [],
                     "replica_init_scales": [], "replica_dirs": []}
 SUPPORTED_ENGINES = ("manual", "both")
-CMP_KEYS = ("cmp/loss_abs_diff", "cmp/grad_max_rel_err", "cmp/param_max_rel_err")
-# Evaluation runs replicas in slices of at most this many activations (K x rows x units).
-EVAL_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -180,245 +183,6 @@ def point_config(cfg: DictConfig, point: ReplicaPoint) -> DictConfig:
     return out
 
 
-# -- the hand-written engine, stacked --------------------------------------------------------------
-
-def _take(array, rows: np.ndarray):
-    """``array[rows]`` along the replica axis, numpy or torch."""
-    if isinstance(array, torch.Tensor):
-        return array[torch.as_tensor(rows, device=array.device)]
-    return array[rows]
-
-
-def _expand(x, k: int):
-    """A (n, ...) array seen as (k, n, ...) without a copy."""
-    return x.expand(k, *x.shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, (k, *x.shape))
-
-
-class StackedTrainer(ManualTrainer):
-    """K replicas of the hand-written engine: parameters (K, ...), inputs (K, B, D), lr (K,).
-
-    ``step`` returns the K losses; after a recorded step ``record`` holds the per-layer tensors
-    (stacked) that the diagnostics read, as ``ManualTrainer.record`` does for one run. With
-    ``cuda_graph`` the updating steps replay a CUDA graph (``testbed.engine.cuda_graph``), which
-    captures again after the stack is cut (a replica diverged) or loaded from a checkpoint.
-    """
-
-    replica_ndim = 1  # each replica clipped by its own norm
-
-    def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False,
-                 fuse_sgd: bool = True):
-        # float64 numpy or a tensor of the params' dtype: as a python float lr meets the params alone
-        lr = backend.asarray(np.asarray(lrs, dtype=np.float64))
-        super().__init__(spec, initial, backend, optimizer, {**hyper, "lr": lr}, clip_norm, cuda_graph,
-                         fuse_sgd)
-
-    @property
-    def count(self) -> int:
-        return self.net.params["W1"].shape[0]
-
-    def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> np.ndarray:
-        """One step of every replica on its own minibatch, ``idx`` (K, B); returns the K losses."""
-        return to_numpy(self._train_step(idx, update, record)).astype(np.float64)
-
-    def replica_records(self) -> list[dict]:
-        """``record`` cut into K per-replica records (numpy, one device-to-host copy per tensor)."""
-        host = {key: None if value is None else [to_numpy(t) for t in value]
-                for key, value in self.record.items()}
-        return [{key: None if value is None else [t[k] for t in value] for key, value in host.items()}
-                for k in range(self.count)]
-
-    def _forward(self, params: dict, x):
-        """The output of the replicas in ``params`` for inputs (k, n, D); no caches kept."""
-        a = x
-        for layer in range(1, self.spec.num_layers + 1):
-            s = self.backend.xp.linear(a, params[f"W{layer}"], params[f"b{layer}"])
-            a = s if layer == self.spec.num_layers else self.net.activation.forward(s)[0]
-        return a
-
-    def evaluate(self, split: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each replica's (mean loss, accuracy) over a whole split, chunked as ``Trainer.evaluate``."""
-        x, y = self.data[split]
-        n, count = x.shape[0], self.count
-        per_slice = max(1, EVAL_ELEMENTS // (min(chunk, n) * max(self.spec.layer_sizes)))
-        losses, accuracies = np.zeros(count), []
-        for first in range(0, count, per_slice):
-            rows = slice(first, min(first + per_slice, count))
-            params = {key: value[rows] for key, value in self.net.params.items()}
-            k = rows.stop - rows.start
-            total, outputs = np.zeros(k), []
-            for start in range(0, n, chunk):
-                xs, ys = x[start:start + chunk], y[start:start + chunk]
-                out = self._forward(params, _expand(xs, k))
-                loss = to_numpy(self.net.loss_fn.forward(out, _expand(ys, k))[0]).astype(np.float64)
-                total += loss * min(chunk, n - start)
-                outputs.append(to_numpy(out))
-            losses[rows] = total / n
-            output, target = np.concatenate(outputs, axis=1), to_numpy(y)
-            accuracies += [accuracy(output[j], target, self.spec.loss) for j in range(k)]
-        return losses, (None if accuracies[0] is None else np.array(accuracies))
-
-    def params_numpy(self, k: int) -> dict[str, np.ndarray]:
-        return {key: to_numpy(value[k]).copy() for key, value in self.net.params.items()}
-
-    def state_dict(self) -> dict:
-        """``ManualTrainer.state_dict`` and the replicas' learning rates (the stack may have been cut)."""
-        state = super().state_dict()
-        state["optimizer"]["lr"] = to_tensors(self.optimizer.lr)
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        """The inverse of ``state_dict``, for a stack already cut to the same replicas."""
-        for key, value in state["params"].items():
-            self.net.params[key] = self._to_backend(value)
-        self.optimizer.state = map_tensors(state["optimizer"]["state"], self._to_backend)
-        self.optimizer.steps = state["optimizer"]["steps"]
-        self.optimizer.lr = self._to_backend(state["optimizer"]["lr"])
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Keep only the replicas at ``rows`` (stack positions): parameters, optimiser state, lr."""
-        for key, value in self.net.params.items():
-            self.net.params[key] = _take(value, rows)
-        for state in self.optimizer.state.values():
-            for name, value in state.items():
-                if isinstance(value, np.ndarray | torch.Tensor) and value.ndim >= 1:
-                    state[name] = _take(value, rows)
-        self.optimizer.lr = _take(self.optimizer.lr, rows)
-
-
-# -- blocks: a large stack stepped in cache-sized pieces -------------------------------------------
-
-# On CPU, a block's largest matrix (an activation, batch x width, or a weight gradient,
-# fan_out x fan_in, times the block's replicas) is kept within this many bytes.
-BLOCK_BYTES = 4 * 2**20
-
-
-def replica_block(spec: MLPSpec, batch: int, backend: Backend, requested: int | None = None) -> int:
-    """How many replicas one batched block holds: ``requested`` when given; else, on CUDA, all of
-    them (one program: the GPU wants large launches); on CPU, as many as keep the block's largest
-    matrix within ``BLOCK_BYTES``. A larger CPU block's temporaries leave the caches, and past glibc's
-    32 MiB mmap threshold every step maps and zero-fills fresh pages for them: K=256 replicas of
-    depth 20, width 256, batch 128 (float32, 2 CPU cores) ran at 44 replica-steps/s in one stack
-    and at 124 in blocks of 16."""
-    if requested is not None:
-        return requested
-    if backend.name == "torch" and str(backend.device).startswith("cuda"):
-        return sys.maxsize
-    sizes = spec.layer_sizes
-    largest = max(max(batch * fan_out, batch * fan_in, fan_in * fan_out)
-                  for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True))
-    itemsize = 8 if backend.dtype == "float64" else 4
-    return max(1, BLOCK_BYTES // (largest * itemsize))
-
-
-def _concat_states(states: list):
-    """Block states (``StackedTrainer.state_dict``) as one: replica-axis tensors concatenated."""
-    first = states[0]
-    if isinstance(first, dict):
-        return {key: _concat_states([state[key] for state in states]) for key in first}
-    if isinstance(first, torch.Tensor) and first.ndim >= 1:
-        return torch.cat(states)
-    return first  # a step count, the same in every block
-
-
-def _slice_state(state, start: int, stop: int):
-    """Replicas ``start:stop`` of a state of the whole stack (the inverse of ``_concat_states``)."""
-    if isinstance(state, dict):
-        return {key: _slice_state(value, start, stop) for key, value in state.items()}
-    if isinstance(state, torch.Tensor) and state.ndim >= 1:
-        return state[start:stop]
-    return state
-
-
-class ReplicaTrainer:
-    """K replicas as consecutive blocks of at most ``block`` replicas (``replica_block``), each a
-    ``StackedTrainer`` with its own parameters, optimiser state and (with ``cuda_graph``) graph,
-    stepped one after another. It offers a ``StackedTrainer``'s interface over all K, replica j
-    being position j of the blocks laid end to end; ``state_dict`` is that of one stack of K, so a
-    checkpoint does not depend on the block size."""
-
-    def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
-                 lrs: list[float], clip_norm: float | None = None, cuda_graph: bool = False,
-                 block: int = sys.maxsize, fuse_sgd: bool = True):
-        if block < 1:
-            raise ValueError(f"block must be >= 1, got {block}")
-        self.spec = spec
-        self.blocks = []
-        for first in range(0, len(lrs), block):
-            rows = slice(first, first + block)
-            params = {key: value[rows] for key, value in initial.items()}
-            self.blocks.append(StackedTrainer(spec, params, backend, optimizer, hyper, lrs[rows], clip_norm,
-                                              cuda_graph, fuse_sgd))
-
-    @property
-    def count(self) -> int:
-        return sum(b.count for b in self.blocks)
-
-    def _spans(self) -> list[tuple[StackedTrainer, int, int]]:
-        """(block, first, stop): the positions each block holds."""
-        spans, first = [], 0
-        for b in self.blocks:
-            spans.append((b, first, first + b.count))
-            first += b.count
-        return spans
-
-    def _locate(self, j: int) -> tuple[StackedTrainer, int]:
-        for b, first, stop in self._spans():
-            if first <= j < stop:
-                return b, j - first
-        raise IndexError(f"replica {j} of {self.count}")
-
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
-        self.blocks[0].load_data(x_train, y_train, x_test, y_test)
-        for b in self.blocks[1:]:
-            b.data = self.blocks[0].data  # one copy of the data set for all blocks
-
-    def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> np.ndarray:
-        """One step of every replica on its own minibatch, ``idx`` (K, B); returns the K losses."""
-        return np.concatenate([b.step(idx[first:stop], update, record) for b, first, stop in self._spans()])
-
-    def replica_records(self) -> list[dict]:
-        return [record for b in self.blocks for record in b.replica_records()]
-
-    def evaluate(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-        results = [b.evaluate(split) for b in self.blocks]
-        accuracies = None if results[0][1] is None else np.concatenate([acc for _, acc in results])
-        return np.concatenate([loss for loss, _ in results]), accuracies
-
-    def params_numpy(self, j: int) -> dict[str, np.ndarray]:
-        b, k = self._locate(j)
-        return b.params_numpy(k)
-
-    def replica_params(self, j: int) -> dict:
-        b, k = self._locate(j)
-        return {key: value[k] for key, value in b.net.params.items()}
-
-    def replica_grads(self, j: int) -> dict:
-        """Replica j's gradients of the last step."""
-        b, k = self._locate(j)
-        return {key: value[k] for key, value in b.grads.items()}
-
-    def state_dict(self) -> dict:
-        return _concat_states([b.state_dict() for b in self.blocks])
-
-    def load_state_dict(self, state: dict) -> None:
-        """The inverse of ``state_dict``, for blocks already cut to the same replicas."""
-        for b, first, stop in self._spans():
-            b.load_state_dict(_slice_state(state, first, stop))
-
-    def keep(self, rows: np.ndarray) -> None:
-        """Keep only the replicas at ``rows`` (positions, ascending); a block left empty is dropped."""
-        kept = []
-        for b, first, stop in self._spans():
-            own = rows[(rows >= first) & (rows < stop)] - first
-            if len(own) == stop - first:
-                kept.append(b)
-            elif len(own):
-                b.keep(own)
-                kept.append(b)
-        self.blocks = kept
-
-
 # -- the torch reference, batched with torch.func --------------------------------------------------
 
 class StackedTorchReference:
@@ -454,6 +218,8 @@ class StackedTorchReference:
                                targets(y_train))}
 
     def step(self, idx: np.ndarray, update: bool = True) -> np.ndarray:
+        """Every replica's step on its own minibatch, ``idx`` (K, B): the gradients from one vmap
+        call, then each replica's clipping and update; returns the K losses."""
         x, y = self.data["train"]
         i = torch.as_tensor(idx, device=self.device)
         stacked = {self.module_names[key]: torch.stack([p[key].detach() for p in self.params])
@@ -462,21 +228,26 @@ class StackedTorchReference:
         for k, (model, params) in enumerate(zip(self.models, self.params, strict=True)):
             for key, param in params.items():
                 param.grad = grads[self.module_names[key]][k].clone()
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip_norm)
-            if update:
-                self.optimizers[k].step()
+            torch_clip_and_update(model, self.optimizers[k], self.clip_norm, update)
         return losses.detach().cpu().numpy().astype(np.float64)
 
-    def compare(self, k: int, manual: ReplicaTrainer, manual_loss: float, torch_loss: float) -> dict:
-        """Replica k's ``cmp/*``, as ``testbed.app.run.compare`` for a run alone."""
+    def compare(self, k: int, manual: ReplicaTrainer, manual_loss: float, torch_loss: float,
+                bounds: dict | None = None) -> dict:
+        """Replica k's ``cmp/*``, as ``testbed.app.run.compare`` for a run alone (``bounds``: replica
+        k's of ``replica_gradient_bounds``, on logged steps)."""
         params, grads, manual_params = self.params[k], manual.replica_grads(k), manual.replica_params(k)
-        return {
+        compared = {
             "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
             "cmp/grad_max_rel_err": max(relative_error(grads[key], p.grad) for key, p in params.items()),
             "cmp/param_max_rel_err": max(relative_error(manual_params[key], p.detach())
                                          for key, p in params.items()),
         }
+        if bounds is not None:
+            if self.clip_norm is not None:
+                bounds = clipped_bounds(bounds, grads, manual.replica_grad_norm(k), self.clip_norm)
+            torch_grads = {key: p.grad for key, p in params.items()}
+            compared["cmp/grad_err_bound_ratio"] = bound_ratio(grads, torch_grads, bounds)
+        return compared
 
     def state_dict(self) -> dict:
         return {"models": [to_tensors(dict(model.state_dict())) for model in self.models],
@@ -492,6 +263,16 @@ class StackedTorchReference:
         self.models = [self.models[r] for r in rows]
         self.params = [self.params[r] for r in rows]
         self.optimizers = [self.optimizers[r] for r in rows]
+
+
+def replica_gradient_bounds(spec: MLPSpec, trainer: ReplicaTrainer, idx: np.ndarray) -> list[dict]:
+    """Before the step on ``idx`` (K, B): each replica's rounding-error bound of each of its
+    gradients (``testbed.reference.discrepancy``), computed a block of replicas at a time."""
+    found = []
+    for params, (x, y) in trainer.minibatches(idx):
+        bounds = gradient_error_bounds(spec, params, x, y)
+        found += [{key: float(value[k]) for key, value in bounds.items()} for k in range(x.shape[0])]
+    return found
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -557,8 +338,7 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
                                   [p.init_scale for p in points])
     name, hyper = optimizer_hyper(cfg.optim)
     lrs, dtype = [p.lr for p in points], str(cfg.model.dtype)
-    backend_name = str(cfg.engine.backend)
-    backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
+    backend = manual_backend(cfg, device)
     block = replica_block(spec, cfg.data.batch_size, backend, cfg.train.get("replica_block"))
     trainer = ReplicaTrainer(spec, initial, backend, name, hyper, lrs, cfg.optim.clip_norm,
                              cuda_graph=cfg.engine.cuda_graph, block=block, fuse_sgd=engine == "manual")
@@ -622,16 +402,18 @@ def train_replicas(cfg: DictConfig, points: list[ReplicaPoint], run_dirs: list[P
             update = step < steps
             # the test split sees the parameters this step's losses are of (before the update), as run.train
             test_losses, test_accs = trainer.evaluate("test") if log_now else (None, None)
+            bounds = (replica_gradient_bounds(spec, trainer, idx) if reference is not None and log_now
+                      else [None] * len(active))
             losses = trainer.step(idx, update=update, record=log_now)
             torch_losses = reference.step(idx, update=update) if reference is not None else None
             records = trainer.replica_records() if log_now else None
             going_on, rows = [], []
             for j, r in enumerate(active):
                 loss = float(losses[j])
-                compared = (reference.compare(j, trainer, loss, float(torch_losses[j]))
+                compared = (reference.compare(j, trainer, loss, float(torch_losses[j]), bounds[j])
                             if reference is not None else {})
                 for key, value in compared.items():
-                    r.cmp_max[key] = max(r.cmp_max[key], value) if math.isfinite(value) else math.inf
+                    r.cmp_max[key] = max(r.cmp_max.get(key, 0.0), value) if math.isfinite(value) else math.inf
                 r.initial_loss = loss if r.initial_loss is None else r.initial_loss
                 if _is_divergent(loss, r.initial_loss, limits):
                     r.summary.update(status="diverged", diverged_at_step=step,
@@ -739,8 +521,7 @@ def _restore_replica(r: _Replica, state: dict, step: int) -> None:
 
 def _log_row(logger: logging.Logger, row: dict, compared: dict) -> None:
     """The line run.train logs at a logged step."""
-    cmp_text = (" | |dloss| {cmp/loss_abs_diff:.1e} grad rel err {cmp/grad_max_rel_err:.1e} "
-                "param drift {cmp/param_max_rel_err:.1e}".format(**compared) if compared else "")
+    cmp_text = compared_text(compared)
     acc_text = f" test acc {row['test/acc']:.3f}" if "test/acc" in row else ""
     logger.info("step %5d  loss %.4f  test loss %.4f%s%s", row["step"], row["train/loss"], row["test/loss"],
                 acc_text, cmp_text)

@@ -28,10 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from testbed.app.checkpoint import CHECKPOINT, FINISHED, rng_state, save_checkpoint, set_rng_state
 from testbed.app.schema import ConfigError
-from testbed.app.trainers import ManualTrainer, TorchTrainer
 from testbed.data import BatchSampler, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import Backend, MLPSpec, init_params
+from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
 from testbed.reference.lockstep import relative_error
 from testbed.tracking.files import (
     MetricsFile,
@@ -40,8 +40,11 @@ from testbed.tracking.files import (
     atomic_write_text,
     read_metrics,
 )
+from testbed.training import ManualTrainer, TorchTrainer
 
 log = logging.getLogger("testbed")
+# engine=both: the discrepancies kept at their largest over the run (summary.json: "<key>_max")
+CMP_KEYS = ("cmp/loss_abs_diff", "cmp/grad_max_rel_err", "cmp/param_max_rel_err", "cmp/grad_err_bound_ratio")
 
 
 def seed_everything(seed: int) -> None:
@@ -86,6 +89,20 @@ def model_spec(cfg: DictConfig, dataset) -> MLPSpec:
         bias_init=str(m.bias_init), bias_std=m.bias_std, loss=dataset.loss)
 
 
+def manual_backend(cfg: DictConfig, device: str) -> Backend:
+    """The hand-written engine's arrays: engine.backend's, of model.dtype, on ``device`` (numpy: the
+    CPU). ConfigError where engine.cuda_graph asks for CUDA graphs of arrays not on a CUDA device."""
+    name = str(cfg.engine.backend)
+    backend = Backend(name, str(cfg.model.dtype), device if name == "torch" else "cpu")
+    if cfg.engine.cuda_graph and (backend.name != "torch" or not str(backend.device).startswith("cuda")):
+        raise ConfigError(
+            f"engine.cuda_graph=True is not allowed here: the manual engine runs on {backend.name} "
+            f"arrays on device {backend.device!r} (device=auto finds no CUDA device); "
+            "engine.cuda_graph must be false unless it runs on CUDA (engine.backend=torch, "
+            "device=cuda)")
+    return backend
+
+
 def build_trainers(cfg: DictConfig, spec: MLPSpec, device: str) -> list:
     """[manual], [torch] or [manual, torch], all from the same initial parameters."""
     initial = init_params(spec, cfg.seed)
@@ -93,8 +110,7 @@ def build_trainers(cfg: DictConfig, spec: MLPSpec, device: str) -> list:
     dtype, engine = str(cfg.model.dtype), str(cfg.engine.name)
     trainers = []
     if engine in ("manual", "both"):
-        backend_name = str(cfg.engine.backend)
-        backend = Backend(backend_name, dtype, device if backend_name == "torch" else "cpu")
+        backend = manual_backend(cfg, device)
         trainers.append(ManualTrainer(spec, initial, backend, name, hyper, cfg.optim.clip_norm,
                                       cuda_graph=cfg.engine.cuda_graph, fuse_sgd=engine == "manual"))
     if engine in ("torch", "both"):
@@ -102,14 +118,38 @@ def build_trainers(cfg: DictConfig, spec: MLPSpec, device: str) -> list:
     return trainers
 
 
-def compare(manual: ManualTrainer, reference: TorchTrainer, manual_loss: float, torch_loss: float) -> dict:
+def compare(manual: ManualTrainer, reference: TorchTrainer, manual_loss: float, torch_loss: float,
+            bounds: dict | None = None) -> dict:
+    """The two sides' discrepancy after a step; with ``bounds`` (``gradient_bounds`` before the step:
+    logged steps) also the gradients' difference in units of its rounding-error bound."""
     grads = reference.grads
     params = reference.named_params()
-    return {
+    compared = {
         "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
         "cmp/grad_max_rel_err": max(relative_error(manual.grads[k], grads[k]) for k in grads),
         "cmp/param_max_rel_err": max(relative_error(manual.net.params[k], params[k]) for k in params),
     }
+    if bounds is not None:
+        if manual.clip_norm is not None:
+            bounds = clipped_bounds(bounds, manual.grads, manual.grad_norm, manual.clip_norm)
+        compared["cmp/grad_err_bound_ratio"] = bound_ratio(manual.grads, grads, bounds)
+    return compared
+
+
+def gradient_bounds(manual: ManualTrainer, idx: np.ndarray) -> dict:
+    """Before the step on the minibatch ``idx``: the rounding-error bound of each of its gradients."""
+    return gradient_error_bounds(manual.spec, manual.net.params, *manual.minibatch(idx))
+
+
+def compared_text(compared: dict) -> str:
+    """The progress line's discrepancy: the bound ratio first (<= 1: within rounding), then the
+    plain relative error, which cancellation inflates."""
+    if not compared:
+        return ""
+    ratio = compared.get("cmp/grad_err_bound_ratio")
+    ratio_text = f" grad err/bound {ratio:.1e}" if ratio is not None else ""
+    return (" |{} (rel {cmp/grad_max_rel_err:.1e}) |dloss| {cmp/loss_abs_diff:.1e} "
+            "param drift {cmp/param_max_rel_err:.1e}".format(ratio_text, **compared))
 
 
 def _show_progress(cfg: DictConfig) -> bool:
@@ -151,7 +191,7 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
 
     summary = {"status": "completed", "steps": 0, "device": device, "num_layers": spec.num_layers}
     rows: list[dict] = []
-    cmp_max = {"cmp/loss_abs_diff": 0.0, "cmp/grad_max_rel_err": 0.0, "cmp/param_max_rel_err": 0.0}
+    cmp_max = dict.fromkeys(CMP_KEYS, 0.0)
     initial_loss, last_finite_loss, wall_before, start = None, None, 0.0, 0
     for leftover in run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill
         leftover.unlink(missing_ok=True)
@@ -190,11 +230,12 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
             update = step < steps
             # the test split sees the parameters this step's minibatch loss is of (before its update)
             evaluated = primary.evaluate("test") if log_now else None
+            bounds = gradient_bounds(primary, idx) if len(trainers) == 2 and log_now else None
             losses = [t.step(idx, update=update, record=log_now) for t in trainers]
             loss = losses[0]
-            compared = compare(*trainers, *losses) if len(trainers) == 2 else {}
+            compared = compare(*trainers, *losses, bounds) if len(trainers) == 2 else {}
             for key, value in compared.items():
-                cmp_max[key] = max(cmp_max[key], value) if math.isfinite(value) else math.inf
+                cmp_max[key] = max(cmp_max.get(key, 0.0), value) if math.isfinite(value) else math.inf
 
             initial_loss = loss if initial_loss is None else initial_loss
             if _is_divergent(loss, initial_loss, cfg.train):
@@ -218,8 +259,7 @@ def train(cfg: DictConfig, run_dir: Path, logger, resume: dict | None = None) ->
                 metrics.write(row)
                 logger.log(row, step)
                 rows.append(row)
-                cmp_text = (" | |dloss| {cmp/loss_abs_diff:.1e} grad rel err {cmp/grad_max_rel_err:.1e} "
-                            "param drift {cmp/param_max_rel_err:.1e}".format(**compared) if compared else "")
+                cmp_text = compared_text(compared)
                 acc_text = f" test acc {test_acc:.3f}" if test_acc is not None else ""
                 log.info("step %5d  loss %.4f  test loss %.4f%s%s", step, loss, test_loss, acc_text,
                          cmp_text)

@@ -90,7 +90,7 @@ class TrainConfig:
     replica_init_scales: list[float] = field(default_factory=list)
     replica_dirs: list[str] = field(default_factory=list)  # set by hydra/sweeper=batched: job folders
     # replicas per batched block (blocks step one after another); null: all on CUDA, and on CPU as many
-    # as keep a block's largest matrix within 4 MiB (testbed.app.replicas.replica_block)
+    # as keep a block's largest matrix within 4 MiB (testbed.training.replicas.replica_block)
     replica_block: int | None = None
 
 

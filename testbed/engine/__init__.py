@@ -10,10 +10,10 @@ from testbed.engine.backend import Backend, namespace, to_numpy
 from testbed.engine.init import BIAS_INITS, WEIGHT_INITS, init_bias, init_weight
 from testbed.engine.losses import LOSSES, get_loss
 from testbed.engine.network import MLP, MLPSpec, init_params, init_replica_params
-from testbed.engine.optim import OPTIMIZERS, clip_grad_norm, get_optimizer
+from testbed.engine.optim import OPTIMIZERS, clip_grad_norm, fused_step_lr, get_optimizer
 
 __all__ = [
     "ACTIVATIONS", "BIAS_INITS", "LOSSES", "MLP", "MLPSpec", "OPTIMIZERS", "WEIGHT_INITS",
-    "Backend", "clip_grad_norm", "get_activation", "get_loss", "get_optimizer", "init_bias",
-    "init_params", "init_replica_params", "init_weight", "namespace", "to_numpy",
+    "Backend", "clip_grad_norm", "fused_step_lr", "get_activation", "get_loss", "get_optimizer",
+    "init_bias", "init_params", "init_replica_params", "init_weight", "namespace", "to_numpy",
 ]

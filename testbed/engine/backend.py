@@ -36,6 +36,7 @@ import torch
 Array = Any  # np.ndarray or torch.Tensor
 
 DTYPES = ("float32", "float64")
+EXTENDED = "longdouble"  # numpy only: x87 80-bit on x86-64 (u = 2^-64), the oracle of the tests
 BACKENDS = ("numpy", "torch")
 
 
@@ -151,7 +152,11 @@ def namespace(x: Array) -> SimpleNamespace:
 
 @dataclass(frozen=True)
 class Backend:
-    """Where arrays live: ``numpy`` (CPU) or ``torch`` (CPU or CUDA), and in which dtype."""
+    """Where arrays live: ``numpy`` (CPU) or ``torch`` (CPU or CUDA), and in which dtype.
+
+    ``Backend("numpy", "longdouble")`` runs the engine in extended precision, 11 more bits than
+    float64 where the platform has them (x86-64): slow, for the tests' oracle of exact gradients.
+    Activations built on ``erf`` (exact GELU) refuse it: scipy's erf has no longdouble loop."""
 
     name: str = "numpy"
     dtype: str = "float64"
@@ -160,8 +165,10 @@ class Backend:
     def __post_init__(self) -> None:
         if self.name not in BACKENDS:
             raise ValueError(f"backend {self.name!r} is not one of {BACKENDS}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.dtype == EXTENDED and self.name != "numpy":
+            raise ValueError(f"dtype {EXTENDED!r} runs on the numpy backend only, not {self.name!r}")
+        if self.dtype not in DTYPES + (EXTENDED,):
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES} (or {EXTENDED!r} on numpy)")
         if self.name == "numpy" and self.device != "cpu":
             raise ValueError(f"the numpy backend runs on cpu only, not {self.device!r}")
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from testbed.engine.network import MLP
-from testbed.engine.optim import Optimizer, clip_grad_norm
+from testbed.engine.optim import Optimizer, clip_grad_norm, fused_step_lr
 
 MAX_GRAPHS = 4  # (fused, batch shape) pairs with a graph of their own; further ones run eagerly
 WARMUP_STEPS = 3  # as torch's whole-network capture example
@@ -81,8 +81,8 @@ class GraphedStep:
     very same static-buffer step eagerly, without a graph (how the logic is tested on the CPU).
     Calling it with (x, y) returns the loss, a 0-dim (K replicas: (K,)) tensor valid until the
     next call, and leaves this step's ``grads``, ``pre_activations``, ``activations`` and
-    ``pre_activation_grads`` on the net; with ``fuse_sgd=True``, where the optimiser's update can be
-    fused into backward (``Optimizer.fused_lr``) and nothing is clipped, the step is
+    ``pre_activation_grads`` on the net; with ``fuse_sgd=True`` (no one reads them), where the update
+    can be fused into backward (``fused_step_lr``: plain SGD, nothing clipped), the step is
     ``MLP.sgd_step`` instead and leaves none of them. The first update of a run runs eagerly; then
     each (fused, batch shape) is captured at its first call (a dict of up to MAX_GRAPHS graphs;
     further ones run eagerly). Stacked replicas (a leading K axis, per-replica lrs) are clipped
@@ -107,7 +107,7 @@ class GraphedStep:
     def __call__(self, x, y, fuse_sgd: bool = False):
         if self.graphs and not self._still_bound():
             self.reset()
-        fused = fuse_sgd and self.clip_norm is None and self.optimizer.fused_lr() is not None
+        fused = fused_step_lr(self.optimizer, self.clip_norm, keep_grads=not fuse_sgd) is not None
         key = (fused, tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
         captured = self.graphs.get(key)
         if captured is None:

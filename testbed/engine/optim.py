@@ -64,6 +64,22 @@ class Optimizer:
         self.steps += 1
 
 
+def fused_step_lr(optimizer: Optimizer, clip_norm: float | None = None, update: bool = True,
+                  keep_grads: bool = False):
+    """The learning rate with which a training step fuses its update into backward
+    (``MLP.sgd_step``, then ``optimizer.count_step()``), or None where the step must form its
+    gradients and update from them. A step fuses where it updates, no one reads its gradients
+    (``keep_grads``: it records them, or they are compared with torch's), nothing is clipped
+    (clipping scales every gradient by their joint norm, known only once all exist) and the update
+    is plain SGD (``Optimizer.fused_lr``). The one place that decides it: the training step
+    (``testbed.training.step.manual_step``) and the CUDA graph (``testbed.engine.cuda_graph``) ask
+    here.
+    """
+    if not update or keep_grads or clip_norm is not None:
+        return None
+    return optimizer.fused_lr()
+
+
 class SGD(Optimizer):
     """v <- mu v + (1 - dampening) g;  w <- w - lr (g + mu v if nesterov else v).
 

@@ -1,4 +1,5 @@
-"""The PyTorch reference: torch.nn + torch.optim, built from the engine's spec and weights."""
+"""The PyTorch reference: torch.nn + torch.optim, built from the engine's spec and weights (``model``),
+and ``Lockstep``, the engine and the reference trained side by side on ``testbed.training``'s steps."""
 
 from testbed.reference.lockstep import Lockstep, StepComparison, relative_error
 from testbed.reference.model import (

@@ -1,8 +1,10 @@
 """Train the engine and the torch reference side by side, step for step.
 
-Both start from the same initial parameters and see the same minibatches;
-after every step the discrepancy is measured: loss difference, relative
-gradient error and relative parameter drift per parameter.
+Both start from the same initial parameters and see the same minibatches, and each takes the
+training step every trainer takes (``testbed.training.step``: ``manual_step``, ``torch_step``);
+after every step the discrepancy is measured: loss difference, relative gradient error and
+relative parameter drift per parameter, and on request the gradients' difference in units of the
+bound rounding puts on it (``testbed.reference.discrepancy``).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer, init_params
+from testbed.engine import MLP, Backend, MLPSpec, fused_step_lr, get_optimizer, init_params
 from testbed.engine.backend import to_numpy
+from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
 from testbed.reference.model import (
     build_torch_loss,
     build_torch_mlp,
     build_torch_optimizer,
     torch_named_params,
 )
+from testbed.training.step import manual_step, torch_step
 
 TINY = 1e-30
 
@@ -37,6 +41,7 @@ class StepComparison:
     loss_torch: float
     grad_rel_err: dict[str, float]
     param_rel_err: dict[str, float]
+    grad_err_bound_ratio: float = math.nan  # asked for with bound=True (testbed.reference.discrepancy)
 
     @property
     def loss_abs_diff(self) -> float:
@@ -76,36 +81,32 @@ class Lockstep:
         y = torch.as_tensor(to_numpy(y)).to(self.device)
         return x, (y.long() if self.spec.loss == "cross_entropy" else y.to(dtype))
 
-    def step(self, x: np.ndarray, y: np.ndarray, fused: bool = False) -> StepComparison:
+    def step(self, x: np.ndarray, y: np.ndarray, fused: bool = False, bound: bool = False) -> StepComparison:
         """One optimiser step of both on the minibatch (x, y); returns the discrepancy.
 
         ``fused``: the engine steps with ``MLP.sgd_step`` (plain SGD's update fused into backward,
         as the app's steps that log nothing), which forms no gradients: only the loss and the
-        parameters are compared (``grad_rel_err`` is empty)."""
+        parameters are compared (``grad_rel_err`` is empty). ``bound``: also the gradients'
+        difference in units of their rounding-error bound (``grad_err_bound_ratio``)."""
         xm = self.backend.asarray(x)
         ym = self.backend.labels(y) if self.spec.loss == "cross_entropy" else self.backend.asarray(y)
-        if fused:
-            lr = self.manual_optimizer.fused_lr()
-            if lr is None or self.clip_norm is not None:
-                raise ValueError("a fused step needs plain SGD (no momentum or weight decay), no clipping")
-            loss_manual, grads = self.manual.sgd_step(xm, ym, lr), None
-            self.manual_optimizer.count_step()
-        else:
-            loss_manual, grads = self.manual.loss_and_grads(xm, ym)
-        if self.clip_norm is not None:
-            clip_grad_norm(grads, self.clip_norm)
-
+        if fused and fused_step_lr(self.manual_optimizer, self.clip_norm) is None:
+            raise ValueError("a fused step needs plain SGD (no momentum or weight decay), no clipping")
+        bounds = gradient_error_bounds(self.spec, self.manual.params, xm, ym) if bound and not fused else None
+        manual = manual_step(self.manual, self.manual_optimizer, xm, ym, clip_norm=self.clip_norm,
+                             fuse_sgd=fused)
+        loss_manual = manual.loss
         xt, yt = self._torch_inputs(x, y)
-        self.torch_optimizer.zero_grad(set_to_none=True)
-        loss_torch = self.torch_loss(self.torch_model(xt), yt)
-        loss_torch.backward()
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.torch_model.parameters(), self.clip_norm)
+        loss_torch = torch_step(self.torch_model, self.torch_optimizer, self.torch_loss, xt, yt,
+                                clip_norm=self.clip_norm).loss
+        # neither optimiser changes the gradients it reads: these are the step's, clipped
+        grads = self.manual.grads
         grad_err = {} if fused else {k: relative_error(grads[k], p.grad)
                                      for k, p in self.torch_params.items()}
-
-        if not fused:
-            self.manual_optimizer.step(self.manual.params, grads)
-        self.torch_optimizer.step()
         param_err = {k: relative_error(self.manual.params[k], p) for k, p in self.torch_params.items()}
-        return StepComparison(float(loss_manual), loss_torch.item(), grad_err, param_err)
+        ratio = math.nan
+        if bounds is not None:
+            if self.clip_norm is not None:
+                bounds = clipped_bounds(bounds, grads, manual.grad_norm, self.clip_norm)
+            ratio = bound_ratio(grads, {k: p.grad for k, p in self.torch_params.items()}, bounds)
+        return StepComparison(float(loss_manual), loss_torch.item(), grad_err, param_err, ratio)

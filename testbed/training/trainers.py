@@ -1,9 +1,9 @@
 """One interface over the two ways to train: the hand-written engine and torch autograd.
 
-Each trainer holds its copy of the data, takes a minibatch by indices, and
-after a recorded step exposes the per-layer tensors the diagnostics read.
-``state_dict()``/``load_state_dict()`` give and take back everything a step
-depends on (parameters and optimiser state), bit for bit, for checkpoints.
+Each trainer holds its copy of the data, takes a minibatch by indices, steps it with
+``testbed.training.step`` (``manual_step``, ``torch_step``) and after a recorded step exposes the
+per-layer tensors the diagnostics read. ``state_dict()``/``load_state_dict()`` give and take back
+everything a step depends on (parameters and optimiser state), bit for bit, for checkpoints.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from testbed.app.checkpoint import map_tensors, to_tensors
-from testbed.app.schema import ConfigError
-from testbed.engine import MLP, Backend, MLPSpec, clip_grad_norm, get_optimizer
+from testbed.engine import MLP, Backend, MLPSpec, get_optimizer
 from testbed.engine.backend import to_numpy
 from testbed.engine.cuda_graph import GraphedStep
 from testbed.reference.model import (
@@ -23,6 +21,8 @@ from testbed.reference.model import (
     torch_dtype,
     torch_named_params,
 )
+from testbed.training.state import load_in_place, to_tensors
+from testbed.training.step import manual_step, torch_step
 
 
 def accuracy(output: np.ndarray, target: np.ndarray, loss: str) -> float | None:
@@ -61,14 +61,12 @@ class Trainer:
 class ManualTrainer(Trainer):
     """The hand-written engine on ``backend`` (numpy or torch arrays, autograd off).
 
-    ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``); the
-    step that only records (``update=False``) runs eagerly. ``fuse_sgd``: a step that neither
-    records nor clips, with plain SGD, fuses the update into backward
-    (``MLP.sgd_step``; under ``cuda_graph``, a graph of its own) and keeps no gradients; off where
-    each step's gradients are read (``engine=both`` compares them with torch's).
+    ``cuda_graph``: the training steps replay a CUDA graph (``testbed.engine.cuda_graph``; the torch
+    backend on a CUDA device); the step that only records (``update=False``) runs eagerly.
+    ``fuse_sgd``: a step that neither records nor clips, with plain SGD, fuses the update into
+    backward (``MLP.sgd_step``; under ``cuda_graph``, a graph of its own) and keeps no gradients;
+    off where each step's gradients are read (``engine=both`` compares them with torch's).
     """
-
-    replica_ndim = 0  # leading replica axes of the parameters (testbed.app.replicas.StackedTrainer: 1)
 
     def __init__(self, spec: MLPSpec, initial: dict, backend: Backend, optimizer: str, hyper: dict,
                  clip_norm: float | None = None, cuda_graph: bool = False, fuse_sgd: bool = True):
@@ -77,14 +75,12 @@ class ManualTrainer(Trainer):
         self.optimizer = get_optimizer(optimizer, **hyper)
         self.record: dict = {}
         self.grads: dict = {}
+        self.grad_norm = None
         self.graphed = None
         if cuda_graph:
             if backend.name != "torch" or not str(backend.device).startswith("cuda"):
-                raise ConfigError(
-                    f"engine.cuda_graph=True is not allowed here: the manual engine runs on {backend.name} "
-                    f"arrays on device {backend.device!r} (device=auto finds no CUDA device); "
-                    "engine.cuda_graph must be false unless it runs on CUDA (engine.backend=torch, "
-                    "device=cuda)")
+                raise ValueError(f"cuda_graph=True needs the torch backend on a CUDA device; the engine "
+                                 f"runs on {backend.name} arrays on device {backend.device!r}")
             self.graphed = GraphedStep(self.net, self.optimizer, clip_norm)
 
     def _inputs(self, x):
@@ -117,65 +113,33 @@ class ManualTrainer(Trainer):
                 param[...] = value.numpy()
             else:
                 param.copy_(value)
-        _load_in_place(self.optimizer.state, state["optimizer"]["state"], self._to_backend)
+        load_in_place(self.optimizer.state, state["optimizer"]["state"], self._to_backend)
         self.optimizer.steps = state["optimizer"]["steps"]
 
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
         return float(self._train_step(idx, update, record))
 
-    def _train_step(self, idx: np.ndarray, update: bool, record: bool):
-        """Forward, backward, clipping, the update (unless ``update=False``) and, with ``record``,
-        the per-layer tensors the diagnostics read; returns the loss array."""
+    def minibatch(self, idx: np.ndarray) -> tuple:
+        """The training split's rows ``idx``: (x, y) as this backend's arrays."""
         x, y = self.data["train"]
         i = self._index(idx)
+        return x[i], y[i]
+
+    def _train_step(self, idx: np.ndarray, update: bool, record: bool):
+        """``manual_step`` on the minibatch ``idx``; keeps its gradients (``grads``), their norm
+        before clipping (``grad_norm``; None where no gradients are formed) and, with ``record``,
+        its per-layer tensors (``record``); returns the loss array."""
         self.grads = {}  # the last step's: freed before this step's exist
-        layers = range(1, self.spec.num_layers + 1)
-        before = [self.net.params[f"W{layer}"] * 1 for layer in layers] if (record and update) else None
-        fuse = self.fuse_sgd and update and not record
-        fused_lr = self.optimizer.fused_lr() if fuse and self.clip_norm is None else None
-        if self.graphed is not None and update:  # forward, backward, clipping and update in one replay
-            loss = self.graphed(x[i], y[i], fuse_sgd=fuse)
-            grads = self.net.grads
-        elif fused_lr is not None:  # forward, and backward with the update fused in: no grads
-            loss, grads = self.net.sgd_step(x[i], y[i], fused_lr), {}
-            self.optimizer.count_step()
-        else:
-            loss, grads = self.net.loss_and_grads(x[i], y[i], record=record)
-            if self.clip_norm is not None:
-                clip_grad_norm(grads, self.clip_norm, self.replica_ndim)
-            if update:
-                self.optimizer.step(self.net.params, grads)
-        self.grads = grads
+        result = manual_step(self.net, self.optimizer, *self.minibatch(idx), clip_norm=self.clip_norm,
+                             update=update, record=record, fuse_sgd=self.fuse_sgd, graphed=self.graphed)
+        self.grads, self.grad_norm = self.net.grads, result.grad_norm
         if record:
-            weights = [self.net.params[f"W{layer}"] for layer in layers]
-            self.record = dict(
-                pre_activations=self.net.pre_activations, activations=self.net.activations,
-                weight_grads=[grads[f"W{layer}"] for layer in layers],
-                pre_activation_grads=self.net.pre_activation_grads, weights=weights,
-                updates=[w - b for w, b in zip(weights, before, strict=True)] if before else None)
-        return loss
+            self.record = result.record
+        return result.loss
 
     def _forward_loss(self, x, y):
         output = self.net.forward(x, record=False)  # no s^l kept: the diagnostics read a step's, not this
         return output, float(self.net.loss_fn.forward(output, y)[0])
-
-
-def _load_in_place(current: dict, saved: dict, convert) -> None:
-    """``saved`` (a checkpoint's optimiser state) into ``current``: into its arrays in place where
-    they match in shape, as new arrays (``convert``) where there are none yet."""
-    for key in list(current):
-        if key not in saved:
-            del current[key]
-    for key, value in saved.items():
-        here = current.get(key)
-        if isinstance(here, dict) and isinstance(value, dict):
-            _load_in_place(here, value, convert)
-        elif isinstance(here, torch.Tensor) and isinstance(value, torch.Tensor) and here.shape == value.shape:
-            here.copy_(value)
-        elif isinstance(here, np.ndarray) and isinstance(value, torch.Tensor) and here.shape == value.shape:
-            here[...] = value.numpy()
-        else:
-            current[key] = map_tensors(value, convert)
 
 
 class TorchTrainer(Trainer):
@@ -209,48 +173,15 @@ class TorchTrainer(Trainer):
         self.model.load_state_dict(state["model"])  # copies into the existing parameters
         self.optimizer.load_state_dict(state["optimizer"])  # moves its state to their device
 
-    def _forward_recording(self, x):
-        pre_activations, activations = [], []
-        a = x
-        for module in self.model:
-            a = module(a)
-            if isinstance(module, torch.nn.Linear):
-                a.retain_grad()
-                pre_activations.append(a)
-            else:
-                activations.append(a)
-        return a, pre_activations, activations
-
     def step(self, idx: np.ndarray, update: bool = True, record: bool = False) -> float:
-        return float(self._train_step(idx, update, record))
-
-    def _train_step(self, idx: np.ndarray, update: bool, record: bool):
-        """Forward, backward, clipping, the update (unless ``update=False``) and, with ``record``,
-        the per-layer tensors the diagnostics read; returns the loss array."""
+        """``torch_step`` on the minibatch ``idx``; with ``record``, keeps its per-layer tensors."""
         x, y = self.data["train"]
         i = torch.as_tensor(idx, device=self.device)
-        self.optimizer.zero_grad(set_to_none=True)
+        result = torch_step(self.model, self.optimizer, self.loss_fn, x[i], y[i], clip_norm=self.clip_norm,
+                            update=update, record=record)
         if record:
-            output, pre_activations, activations = self._forward_recording(x[i])
-        else:
-            output = self.model(x[i])
-        loss = self.loss_fn(output, y[i])
-        loss.backward()
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-        weights = [self.params[f"W{layer}"] for layer in range(1, self.spec.num_layers + 1)]
-        before = [w.detach().clone() for w in weights] if (record and update) else None
-        if update:
-            self.optimizer.step()
-        if record:
-            self.record = dict(
-                pre_activations=[s.detach() for s in pre_activations],
-                activations=[a.detach() for a in activations],
-                weight_grads=[w.grad for w in weights],
-                pre_activation_grads=[s.grad for s in pre_activations],
-                weights=[w.detach() for w in weights],
-                updates=[w.detach() - b for w, b in zip(weights, before, strict=True)] if before else None)
-        return loss.item()
+            self.record = result.record
+        return result.loss.item()
 
     @property
     def grads(self) -> dict:
