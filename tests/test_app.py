@@ -147,6 +147,7 @@ def test_joblib_multirun_gives_one_wandb_run_per_job(tmp_path):
         metrics = read_metrics(job / "metrics.jsonl")
         assert [h["step"] for h in history] == [m["step"] for m in metrics]
         for h, m in zip(history, metrics, strict=True):
+            assert "cmp/grad_err_bound_ratio" in m  # engine=both's headline discrepancy reaches W&B too
             for key, value in m.items():
                 assert h[key] == pytest.approx(value, rel=1e-12), key
     assert len(run_ids) == 4
