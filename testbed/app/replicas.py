@@ -70,6 +70,7 @@ from testbed.app.run import (
     CMP_KEYS,
     _is_divergent,
     compared_text,
+    discrepancy,
     manual_backend,
     model_spec,
     optimizer_hyper,
@@ -82,8 +83,7 @@ from testbed.app.schema import ConfigError, _check, _finite
 from testbed.data import BatchSampler, DataError, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import MLPSpec, init_replica_params
-from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
-from testbed.reference.lockstep import relative_error
+from testbed.reference.discrepancy import gradient_error_bounds
 from testbed.reference.model import (
     build_torch_loss,
     build_torch_mlp,
@@ -235,19 +235,10 @@ class StackedTorchReference:
                 bounds: dict | None = None) -> dict:
         """Replica k's ``cmp/*``, as ``testbed.app.run.compare`` for a run alone (``bounds``: replica
         k's of ``replica_gradient_bounds``, on logged steps)."""
-        params, grads, manual_params = self.params[k], manual.replica_grads(k), manual.replica_params(k)
-        compared = {
-            "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
-            "cmp/grad_max_rel_err": max(relative_error(grads[key], p.grad) for key, p in params.items()),
-            "cmp/param_max_rel_err": max(relative_error(manual_params[key], p.detach())
-                                         for key, p in params.items()),
-        }
-        if bounds is not None:
-            if self.clip_norm is not None:
-                bounds = clipped_bounds(bounds, grads, manual.replica_grad_norm(k), self.clip_norm)
-            torch_grads = {key: p.grad for key, p in params.items()}
-            compared["cmp/grad_err_bound_ratio"] = bound_ratio(grads, torch_grads, bounds)
-        return compared
+        grads = {key: p.grad for key, p in self.params[k].items()}
+        params = {key: p.detach() for key, p in self.params[k].items()}
+        return discrepancy(manual_loss, torch_loss, manual.replica_grads(k), grads, manual.replica_params(k),
+                           params, bounds, self.clip_norm, manual.replica_grad_norm(k))
 
     def state_dict(self) -> dict:
         return {"models": [to_tensors(dict(model.state_dict())) for model in self.models],

@@ -31,7 +31,7 @@ from testbed.app.schema import ConfigError
 from testbed.data import BatchSampler, load_dataset
 from testbed.diagnostics import layer_metrics, per_layer
 from testbed.engine import Backend, MLPSpec, init_params
-from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
+from testbed.reference.discrepancy import bound_ratio, gradient_error_bounds
 from testbed.reference.lockstep import relative_error
 from testbed.tracking.files import (
     MetricsFile,
@@ -122,17 +122,24 @@ def compare(manual: ManualTrainer, reference: TorchTrainer, manual_loss: float, 
             bounds: dict | None = None) -> dict:
     """The two sides' discrepancy after a step; with ``bounds`` (``gradient_bounds`` before the step:
     logged steps) also the gradients' difference in units of its rounding-error bound."""
-    grads = reference.grads
-    params = reference.named_params()
+    return discrepancy(manual_loss, torch_loss, manual.grads, reference.grads, manual.net.params,
+                       reference.named_params(), bounds, manual.clip_norm, manual.grad_norm)
+
+
+def discrepancy(manual_loss: float, torch_loss: float, manual_grads: dict, torch_grads: dict,
+                manual_params: dict, torch_params: dict, bounds: dict | None = None,
+                clip_norm: float | None = None, grad_norm=None) -> dict:
+    """The ``cmp/*`` of one step of one model (a run's, or a replica's): loss difference, largest
+    relative gradient error and parameter drift, and with ``bounds`` the bound ratio (gradients
+    clipped at ``clip_norm``, ``grad_norm`` the manual side's norm before clipping)."""
     compared = {
         "cmp/loss_abs_diff": abs(manual_loss - torch_loss),
-        "cmp/grad_max_rel_err": max(relative_error(manual.grads[k], grads[k]) for k in grads),
-        "cmp/param_max_rel_err": max(relative_error(manual.net.params[k], params[k]) for k in params),
+        "cmp/grad_max_rel_err": max(relative_error(manual_grads[k], torch_grads[k]) for k in torch_grads),
+        "cmp/param_max_rel_err": max(relative_error(manual_params[k], torch_params[k]) for k in torch_params),
     }
     if bounds is not None:
-        if manual.clip_norm is not None:
-            bounds = clipped_bounds(bounds, manual.grads, manual.grad_norm, manual.clip_norm)
-        compared["cmp/grad_err_bound_ratio"] = bound_ratio(manual.grads, grads, bounds)
+        compared["cmp/grad_err_bound_ratio"] = bound_ratio(manual_grads, torch_grads, bounds, clip_norm,
+                                                           grad_norm)
     return compared
 
 

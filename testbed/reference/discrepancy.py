@@ -113,8 +113,8 @@ def gradient_error_bounds(spec: MLPSpec, params: dict, x, target) -> dict:
     def derivative(s):
         return xp.abs(activation.backward(xp.ones_like(s), activation.forward(s)[1]))
 
-    # forward: |a^l| and Phi^l (a^0 = x, exact), F^l for every layer
-    magnitudes, a_errors, s_errors = [xp.abs(x)], [xp.zeros_like(x)], []
+    # forward: |a^l|, |phi'(s^l)| and Phi^l (a^0 = x, exact), F^l for every layer
+    magnitudes, slopes, a_errors, s_errors = [xp.abs(x)], [], [xp.zeros_like(x)], []
     for layer in range(1, num_layers + 1):
         weight, bias = xp.abs(params[f"W{layer}"]), xp.abs(params[f"b{layer}"])[..., None, :]
         n = (sizes[layer - 1] + 1) * u
@@ -123,7 +123,8 @@ def gradient_error_bounds(spec: MLPSpec, params: dict, x, target) -> dict:
         if layer < num_layers:
             a = xp.abs(net.activations[layer - 1])
             magnitudes.append(a)
-            a_errors.append(s_error * derivative(s_all[layer - 1]) + a * (ACTIVATION_ROUNDINGS * u))
+            slopes.append(derivative(s_all[layer - 1]))
+            a_errors.append(s_error * slopes[-1] + a * (ACTIVATION_ROUNDINGS * u))
 
     output = s_all[-1]
     magnitude = loss_gradient_magnitude(spec.loss, output, target)  # B^L
@@ -137,8 +138,7 @@ def gradient_error_bounds(spec: MLPSpec, params: dict, x, target) -> dict:
         bounds[f"W{layer}"] = _frobenius(weight_bound, 2)
         bounds[f"b{layer}"] = _frobenius(bias_bound, 1)
         if layer > 1:
-            s, s_error = s_all[layer - 2], s_errors[layer - 2]
-            slope = derivative(s)
+            s, s_error, slope = s_all[layer - 2], s_errors[layer - 2], slopes[layer - 2]
             slope_change = xp.maximum(xp.abs(derivative(s + s_error) - slope),
                                       xp.abs(derivative(s - s_error) - slope))
             weight = xp.abs(params[f"W{layer}"])
@@ -173,14 +173,18 @@ def clipped_bounds(bounds: dict, grads: dict, total_norm, max_norm: float) -> di
     return clipped
 
 
-def bound_ratio(a: dict, b: dict, bounds: dict) -> float:
-    """max over parameters of ||a - b|| / (2 x bound): two implementations, each within its bound,
-    read <= 1. A bound of 0 (nothing entered the gradient) with a = b reads 0; anything not finite,
-    nan."""
+def bound_ratio(manual: dict, reference: dict, bounds: dict, clip_norm: float | None = None,
+                total_norm=None) -> float:
+    """max over parameters of ||manual - reference|| / (2 x bound): two implementations, each within
+    its bound, read <= 1. With ``clip_norm`` the gradients compared were clipped by their global norm,
+    ``total_norm`` before clipping (``clipped_bounds``). A bound of 0 (nothing entered the gradient)
+    with equal gradients reads 0; anything not finite, nan."""
+    if clip_norm is not None:
+        bounds = clipped_bounds(bounds, manual, total_norm, clip_norm)
     worst = 0.0
     for key, bound in bounds.items():
-        difference = float(np.linalg.norm(to_numpy(a[key]).astype(np.float64)
-                                          - to_numpy(b[key]).astype(np.float64)))
+        difference = float(np.linalg.norm(to_numpy(manual[key]).astype(np.float64)
+                                          - to_numpy(reference[key]).astype(np.float64)))
         if not math.isfinite(difference) or not math.isfinite(bound):
             return math.nan  # a gradient or its bound overflowed: nothing to say
         if difference:

@@ -17,7 +17,7 @@ import torch
 
 from testbed.engine import MLP, Backend, MLPSpec, fused_step_lr, get_optimizer, init_params
 from testbed.engine.backend import to_numpy
-from testbed.reference.discrepancy import bound_ratio, clipped_bounds, gradient_error_bounds
+from testbed.reference.discrepancy import bound_ratio, gradient_error_bounds
 from testbed.reference.model import (
     build_torch_loss,
     build_torch_mlp,
@@ -100,13 +100,9 @@ class Lockstep:
         loss_torch = torch_step(self.torch_model, self.torch_optimizer, self.torch_loss, xt, yt,
                                 clip_norm=self.clip_norm).loss
         # neither optimiser changes the gradients it reads: these are the step's, clipped
-        grads = self.manual.grads
-        grad_err = {} if fused else {k: relative_error(grads[k], p.grad)
-                                     for k, p in self.torch_params.items()}
+        grads, torch_grads = self.manual.grads, {k: p.grad for k, p in self.torch_params.items()}
+        grad_err = {} if fused else {k: relative_error(grads[k], torch_grads[k]) for k in torch_grads}
         param_err = {k: relative_error(self.manual.params[k], p) for k, p in self.torch_params.items()}
-        ratio = math.nan
-        if bounds is not None:
-            if self.clip_norm is not None:
-                bounds = clipped_bounds(bounds, grads, manual.grad_norm, self.clip_norm)
-            ratio = bound_ratio(grads, {k: p.grad for k, p in self.torch_params.items()}, bounds)
+        ratio = (math.nan if bounds is None
+                 else bound_ratio(grads, torch_grads, bounds, self.clip_norm, manual.grad_norm))
         return StepComparison(float(loss_manual), loss_torch.item(), grad_err, param_err, ratio)
